@@ -52,9 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     for module, extra in ROOMS:
         try:
             room = importlib.import_module(module)
-        except ImportError as exc:
-            if module.startswith("vinsight."):
+        except ModuleNotFoundError as exc:
+            # The room itself is absent from this install (not just a dependency of it).
+            if exc.name is not None and (exc.name == module or module.startswith(exc.name + ".")):
                 continue
+            _missing_room(subparsers, module, extra, exc)
+            continue
+        except ImportError as exc:
             _missing_room(subparsers, module, extra, exc)
             continue
         room.register(subparsers)
