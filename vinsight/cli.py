@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module, extra in ROOMS:
         try:
             room = importlib.import_module(module)
+            room.register(subparsers)
         except ModuleNotFoundError as exc:
             # The room itself is absent from this install (not just a dependency of it).
             if exc.name is not None and (exc.name == module or module.startswith(exc.name + ".")):
@@ -61,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as exc:
             _missing_room(subparsers, module, extra, exc)
             continue
-        room.register(subparsers)
     return parser
 
 
