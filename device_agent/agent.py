@@ -73,7 +73,7 @@ class Agent:
             self.replay = ReplaySource(Path(replay_file), self.recorder, speed=settings.replay_speed,
                                        clock_ms=self.clock.now_ms)
         else:
-            if settings.obd_port is not None or settings.gps_mode == "none":
+            if settings.obd_enabled:
                 from .obd_source import ObdSource
 
                 self.obd = ObdSource(settings, self.recorder, clock_ms=self.clock.now_ms)

@@ -21,6 +21,7 @@ class AgentSettings(BaseSettings):
     state_dir: Path = Field(Path("/var/lib/vinsight-agent"), description="Outbox, PID cache, boot counter")
 
     # --- OBD-II adapter ---------------------------------------------------------------------------
+    obd_enabled: bool = Field(True, description="Read the car through an ELM327 (off for GPS-only units)")
     obd_port: str | None = Field(
         None,
         description="Serial device (/dev/ttyUSB0, /dev/rfcomm0) or socket://host:port; None scans serial ports",
@@ -28,6 +29,8 @@ class AgentSettings(BaseSettings):
     obd_baudrate: int | None = Field(None, description="None lets python-obd probe; use 38400 over TCP")
     obd_protocol: str | None = Field(None, description="ELM327 protocol id (e.g. '6'); None = auto")
     obd_timeout_s: float = Field(1.0, description="Per-request timeout; slow clones need more")
+    obd_read_timeout_s: float = Field(
+        3.0, description="Silence on the link after which a read gives up (python-obd hard-codes 10 s)")
     obd_fast: bool = Field(False, description="python-obd fast mode (response-count hint, repeat CR)")
     reconnect_min_s: float = Field(1.0, description="First reconnect delay; doubles up to the max")
     reconnect_max_s: float = Field(60.0)
