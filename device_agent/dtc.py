@@ -91,9 +91,8 @@ class DtcTracker:
             self.codes[dtc_type.value] = now
         if mil is not None:
             on, count = mil
-            if self.mil is None or on != self.mil:
-                if on or self.mil is not None:
-                    events.append((EventKind.MIL_ON if on else EventKind.MIL_OFF, {"dtc_count": count}))
+            if (self.mil is None or on != self.mil) and (on or self.mil is not None):
+                events.append((EventKind.MIL_ON if on else EventKind.MIL_OFF, {"dtc_count": count}))
             self.mil = on
         if events:
             self._save()

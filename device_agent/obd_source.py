@@ -16,6 +16,7 @@ synchronous ``obd.OBD`` connection and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -160,10 +161,8 @@ class ObdSource:
     def _disconnect(self) -> None:
         if self.connection is None:
             return
-        try:
+        with contextlib.suppress(Exception):  # closing a dead port may fail; nothing to do about it
             self.connection.close()
-        except Exception:  # closing a dead port may fail; nothing to do about it
-            pass
         self.connection = None
         self.state = "disconnected"
         self.sink.event(EventKind.ADAPTER_DISCONNECTED, {"port": self.settings.obd_port, "error": self.last_error})
@@ -224,7 +223,7 @@ class ObdSource:
         self.vin = vin
         self.supported = set(entry["supported"])
         self.multi_pid = bool(entry["multi_pid"])
-        names = sorted(n for n, spec in PIDS.items() if spec.pid in self.supported) + ["battery_voltage"]
+        names = [*sorted(n for n, spec in PIDS.items() if spec.pid in self.supported), "battery_voltage"]
         self.sink.event(EventKind.VEHICLE_IDENTIFIED, {"vin": vin, "vin_check_digit_ok": check_digit_ok(vin),
                                                        "supported": names, "protocol": self.protocol})
 
@@ -266,10 +265,7 @@ class ObdSource:
             now = time.monotonic()
             with self._lock:
                 may_poll = self.power.may_poll_ecu()
-            if may_poll:
-                did_work = self._poll_running(now)
-            else:
-                did_work = self._poll_parked(now)
+            did_work = self._poll_running(now) if may_poll else self._poll_parked(now)
             if not did_work:
                 with self._lock:
                     wake = self.scheduler.next_due() if self.power.may_poll_ecu() else now + 0.5

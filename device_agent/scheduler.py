@@ -71,6 +71,11 @@ class PidScheduler:
         """Reads per second the adapter can sustain at the measured cost."""
         return self.utilisation / self.read_cost_s
 
+    @property
+    def planned_capacity_hz(self) -> float:
+        """The capacity the current plan was made for (re-planning has hysteresis)."""
+        return self.utilisation / self._planned_cost_s
+
     def replan(self) -> None:
         self._planned_cost_s = self.read_cost_s
         self.replans += 1

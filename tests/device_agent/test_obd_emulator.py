@@ -141,7 +141,7 @@ def test_scheduler_measures_a_slower_adapter(emulator, sink, tmp_path) -> None:
         time.sleep(6)
         assert source.scheduler.read_cost_s > 2 * fast_cost
         assert source.scheduler.replans > replans
-        assert sum(source.scheduler.planned_hz().values()) <= source.scheduler.capacity_hz * 1.0001
+        assert sum(source.scheduler.planned_hz().values()) <= source.scheduler.planned_capacity_hz * 1.0001
     finally:
         stop.set()
         thread.join(10)
