@@ -77,7 +77,7 @@ def test_parser_reads_a_generated_drive() -> None:
     fixes.append(parser.flush())
     assert len(fixes) == len(epochs)
     for fix, (t, la, lo, alt, kn) in zip(fixes, epochs, strict=True):
-        assert fix.fix_mode == 3 and fix.satellites == 9 and fix.hdop == 0.9
+        assert fix.fix_mode == 3 and fix.satellites == 9 and fix.hdop == 0.9 and fix.altitude == round(alt, 1)
         assert abs(fix.latitude - la) < 1e-6 and abs(fix.longitude - lo) < 1e-6
         assert abs(fix.speed_kmh - kn * 1.852) < 0.02 and fix.course == 45.0
         assert fix.time_utc == t.timestamp()
