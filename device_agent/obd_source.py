@@ -242,15 +242,30 @@ class ObdSource:
         return supported_from_bitmaps(bitmaps)
 
     def _probe_multi_pid(self) -> bool:
-        candidates = [s for s in PIDS.values() if s.pid in self.supported or not self.supported][:2]
-        candidates = [s for s in (PIDS["rpm"], PIDS["speed"]) if s.pid in (self.supported or {s.pid})] or candidates
-        if len(candidates) < 2:
+        """Use multi-PID requests only if the ECU answers them correctly AND they are cheaper per PID.
+
+        On a real ELM327 one request costs the adapter's round trip whatever it carries, so packing
+        several PIDs wins several-fold; some adapters and emulators process each PID of a multi-PID
+        request as a request of its own, where packing only adds cost. Timing both settles it."""
+        trio = [PIDS[n] for n in ("rpm", "speed", "coolant_temp") if self._readable(n) is not None]
+        if len(trio) < 2:
             return False
         try:
-            values = parse_response(b"".join(self._send(request_bytes(candidates))), candidates)
+            values = parse_response(b"".join(self._send(request_bytes(trio))), trio)
         except ValueError:
             return False
-        return len(values) == len(candidates)
+        if len(values) != len(trio):
+            return False
+        single = multi = 0.0
+        for _ in range(3):
+            started = time.monotonic()
+            self._send(request_bytes(trio[:1]))
+            single += time.monotonic() - started
+            started = time.monotonic()
+            self._send(request_bytes(trio))
+            multi += (time.monotonic() - started) / len(trio)
+        log.info("per-PID cost: single %.1f ms, multi %.1f ms", single / 3 * 1000, multi / 3 * 1000)
+        return multi < 0.9 * single
 
     # --- polling -----------------------------------------------------------------------------------------------
 
@@ -301,7 +316,7 @@ class ObdSource:
             specs.append(spec)
         if not specs:
             return True
-        group = pack_requests(specs, self.multi_pid)[0]
+        group = pack_requests(specs, self.multi_pid, single_frame=False)[0]
         self._request_group(group, now)
         return True
 

@@ -85,6 +85,26 @@ class Outbox:
     def add_event(self, boot_id: uuid.UUID, event: Event) -> int:
         return self._add(boot_id, event.seq, KIND_EVENT, event.ts_ms, {"k": event.kind.value, "d": event.data})
 
+    def add_samples(self, boot_id: uuid.UUID, samples: list[Sample]) -> None:
+        """Store many samples in one transaction (loading a backlog; live recording adds one at a time)."""
+        now = int(time.time() * 1000)
+        rows = []
+        for sample in samples:
+            body: dict[str, Any] = {"v": sample.values}
+            if sample.extras:
+                body["x"] = sample.extras
+            text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+            size = len(text) + ROW_OVERHEAD_BYTES
+            rows.append((boot_id.bytes, sample.seq, KIND_SAMPLE, sample.ts_ms, now, text, size))
+        with self._lock:
+            self._make_room(sum(r[6] for r in rows))
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO records (boot_id, seq, kind, ts_ms, created_ms, body, size) VALUES (?,?,?,?,?,?,?)", rows)
+            self._db.execute("COMMIT")
+            self._bytes += sum(r[6] for r in rows)
+            self._count += len(rows)
+
     def _add(self, boot_id: uuid.UUID, seq: int, kind: int, ts_ms: int, body: dict[str, Any]) -> int:
         """Store one record durably; return how many old records the disk budget dropped."""
         text = json.dumps(body, separators=(",", ":"), allow_nan=False)
