@@ -43,7 +43,7 @@ SIGNALS = ["speed", "rpm", "engine_load", "throttle_pos", "coolant_temp", "intak
 EMULATOR = """
 import signal, sys, time
 sys.path.insert(0, {root!r})
-from tests.device_agent.conftest import Emulator
+from vinsight.emulated_car import Emulator
 emu = Emulator(port={port}, delay=0.05).start()
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 while True:

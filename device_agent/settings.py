@@ -36,11 +36,11 @@ class AgentSettings(BaseSettings):
     reconnect_max_s: float = Field(60.0)
 
     # --- GPS ------------------------------------------------------------------------------------------
-    gps_mode: Literal["gpsd", "nmea", "none"] = "gpsd"
-    gpsd_host: str = "127.0.0.1"
-    gpsd_port: int = 2947
+    gps_mode: Literal["gpsd", "nmea", "none"] = Field("gpsd", description="gpsd, raw NMEA serial, or no GPS")
+    gpsd_host: str = Field("127.0.0.1", description="gpsd address (JSON protocol)")
+    gpsd_port: int = Field(2947, description="gpsd port")
     nmea_port: str = Field("/dev/ttyACM0", description="Serial NMEA receiver when gpsd is not used")
-    nmea_baudrate: int = 9600
+    nmea_baudrate: int = Field(9600, description="NMEA receiver serial speed")
     set_system_clock: bool = Field(
         False, description="Set the system clock from GPS time (needs CAP_SYS_TIME); else only offset timestamps"
     )
@@ -61,15 +61,15 @@ class AgentSettings(BaseSettings):
     wake_voltage_jump_v: float = Field(0.2, description="A rise this large between heartbeats probes the ECU")
 
     # --- MQTT -----------------------------------------------------------------------------------------------
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = 1883
+    mqtt_host: str = Field("127.0.0.1", description="MQTT broker host")
+    mqtt_port: int = Field(1883, description="MQTT broker port (8883 for TLS)")
     mqtt_username: str | None = Field(None, description="Defaults to the device id when a password is set")
-    mqtt_password: str | None = None
-    mqtt_tls: bool = False
-    mqtt_ca_file: Path | None = None
+    mqtt_password: str | None = Field(None, description="Per-device password from `vinsight device add`")
+    mqtt_tls: bool = Field(False, description="Connect with TLS")
+    mqtt_ca_file: Path | None = Field(None, description="CA certificate that signed the broker's")
     mqtt_cert_file: Path | None = Field(None, description="Client certificate for mutual TLS")
-    mqtt_key_file: Path | None = None
-    mqtt_keepalive_s: int = 30
+    mqtt_key_file: Path | None = Field(None, description="Private key of the client certificate")
+    mqtt_keepalive_s: int = Field(30, description="MQTT keep-alive; the broker publishes the will after 1.5x")
     mqtt_json: bool = Field(False, description="Send the JSON form of batches (debugging)")
 
     # --- replay (instead of a car) -------------------------------------------------------------------------

@@ -1,4 +1,11 @@
-"""The demo's process supervisor: embedded services, then every room as its own process."""
+"""The demo's process supervisor: a private broker, a fleet of agents, and a console that decodes.
+
+Each agent runs as its own ``vinsight agent`` process, exactly as on a car: several replay real
+recorded drives, and one reads an emulated car (the ELM327-emulator, in its own process, with a
+trouble code set) through python-obd. The console subscribes to the whole fleet, decodes every
+message with the wire contract, and prints what arrived: samples per vehicle, the latest speed,
+trouble codes, engine and connection states.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,26 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .embedded import EmbeddedPostgres, MosquittoBroker, free_port
+from .embedded import MosquittoBroker, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("VINSIGHT_SHARED_DATA", REPO.parent / "shared" / "data"))
 FIXTURE_DRIVES = REPO / "tests" / "fixtures" / "polidriving"
+EMULATED_CAR = """
+import signal, sys, time
+from vinsight.emulated_car import Emulator
+emu = Emulator(port={port}, delay=0.05).start()
+emu.set_dtcs(stored=["0301"], pending=["0171"])
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    time.sleep(1)
+"""
 
 
 def recorded_drives() -> list[Path]:
@@ -42,9 +60,9 @@ class Child:
         if self.proc is None or self.proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGINT)
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(15)
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -52,93 +70,133 @@ class Child:
 
 
 @dataclass
+class FleetConsole:
+    """Decodes everything the fleet publishes, with the same contract the cloud uses."""
+
+    port: int
+    samples: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    speed: dict[str, float] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+    state: dict[str, str] = field(default_factory=dict)
+    rejected: int = 0
+
+    def start(self) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-console", protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe("vinsight/v1/+/+/+", qos=1)
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+
+    def _on_message(self, _c, _u, message) -> None:
+        from .contract import WireDecodeError, codec, topics
+
+        try:
+            parsed = topics.parse(message.topic)
+            ct = getattr(message.properties, "ContentType", None)
+            with self._lock:
+                if parsed.kind == topics.SAMPLES:
+                    batch = codec.decode_samples(message.payload, ct)
+                    self.samples[parsed.device_id] += len(batch)
+                    speeds = [s.values["speed"] for s in batch.samples() if "speed" in s.values]
+                    if speeds:
+                        self.speed[parsed.device_id] = speeds[-1]
+                elif parsed.kind == topics.EVENTS:
+                    for e in codec.decode_events(message.payload).events:
+                        if e.kind.value.startswith(("dtc_", "engine_", "vehicle_", "mil_", "low_voltage")):
+                            detail = e.data.get("code") or e.data.get("vin") or e.data.get("reason", "")
+                            self.events.append(f"{parsed.device_id}: {e.kind.value} {detail}".rstrip())
+                elif parsed.kind == topics.STATE and message.payload:
+                    self.state[parsed.device_id] = codec.decode_state(message.payload).state.value
+        except (WireDecodeError, ValueError):
+            self.rejected += 1
+
+    def report(self) -> str:
+        with self._lock:
+            rows = [f"{dev}: {n} samples, {self.state.get(dev, '?')}"
+                    + (f", {self.speed[dev]:.0f} km/h" if dev in self.speed else "")
+                    for dev, n in sorted(self.samples.items())]
+            new_events, self.events = self.events, []
+        return "\n".join(["  " + r for r in rows] + ["  event " + e for e in new_events])
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@dataclass
 class Demo:
     home: Path
     replays: int = 3
-    simulated: int = 6
     replay_speed: float = 10.0
     emulator: bool = True
-    db_url: str = ""
     children: list[Child] = field(default_factory=list)
-    _pg: EmbeddedPostgres | None = None
+    console: FleetConsole | None = None
     _broker: MosquittoBroker | None = None
     _started: float = 0.0
 
     def _vinsight(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "vinsight.cli", *args]
+        return [sys.executable, "-m", "vinsight.cli", "--log-json", *args]
 
-    def _env(self, **extra: str) -> dict[str, str]:
+    def _agent_env(self, device: str, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "VINSIGHT_DB_URL": self.db_url,
-            "VINSIGHT_MQTT_HOST": "127.0.0.1",
-            "VINSIGHT_MQTT_PORT": str(self._broker.port if self._broker else 1883),
-            "VINSIGHT_AUTO_REGISTER_DEVICES": "true",
-            "VINSIGHT_AGENT_MQTT_HOST": "127.0.0.1",
-            "VINSIGHT_AGENT_MQTT_PORT": str(self._broker.port if self._broker else 1883),
-        })
+        env.update({"VINSIGHT_AGENT_DEVICE_ID": device, "VINSIGHT_AGENT_STATE_DIR": str(self.home / "agents" / device),
+                    "VINSIGHT_AGENT_MQTT_HOST": "127.0.0.1", "VINSIGHT_AGENT_MQTT_PORT": str(self._broker.port),
+                    "VINSIGHT_AGENT_BATCH_MAX_AGE_S": "2", "VINSIGHT_AGENT_GPS_MODE": "none"})
         env.update(extra)
         return env
 
     def start(self) -> None:
         self._started = time.monotonic()
         self.home.mkdir(parents=True, exist_ok=True)
-        if os.environ.get("VINSIGHT_DB_URL"):
-            self.db_url = os.environ["VINSIGHT_DB_URL"]
-            print("demo: PostgreSQL from VINSIGHT_DB_URL")
-        else:
-            self._pg = EmbeddedPostgres(self.home / "pg")
-            self.db_url = self._pg.start()
-            print(f"demo: embedded PostgreSQL at {self.home / 'pg'}")
+        logs = self.home / "logs"
         self._broker = MosquittoBroker(self.home / "mqtt")
         port = self._broker.start()
-        print(f"demo: Mosquitto on 127.0.0.1:{port}")
-        print("demo: applying migrations")
-        subprocess.run(self._vinsight("db", "migrate"), env=self._env(), check=True)
-        logs = self.home / "logs"
-        metrics_port = free_port(9108)
-        self.children.append(Child("ingest", self._vinsight("ingest", "run"),
-                                   self._env(VINSIGHT_METRICS_PORT=str(metrics_port)), logs / "ingest.log"))
-        for i, drive in enumerate(recorded_drives()[: self.replays]):
+        print(f"demo: Mosquitto (MQTT v5) on 127.0.0.1:{port}, persistence in {self.home / 'mqtt'}")
+        self.console = FleetConsole(port)
+        self.console.start()
+        drives = recorded_drives()[: self.replays]
+        for i, drive in enumerate(drives):
             device = f"demo-replay-{i + 1}"
-            env = self._env(VINSIGHT_AGENT_DEVICE_ID=device,
-                            VINSIGHT_AGENT_STATE_DIR=str(self.home / "agents" / device))
             self.children.append(Child(device, self._vinsight("agent", "replay", str(drive), "--speed",
-                                                              str(self.replay_speed)), env, logs / f"{device}.log"))
-        if self.simulated:
-            self.children.append(Child("simulator", self._vinsight(
-                "simulate", "--vehicles", str(self.simulated), "--rate", "1", "--realtime",
-                "--device-prefix", "demo-sim"), self._env(), logs / "simulator.log"))
-        self.children.append(Child("analytics", self._vinsight("analytics", "run", "--interval", "20"),
-                                   self._env(), logs / "analytics.log"))
+                                                              str(self.replay_speed)),
+                                       self._agent_env(device), logs / f"{device}.log"))
+        if self.emulator:
+            car_port = free_port()
+            car = Child("emulated-car", [sys.executable, "-c", EMULATED_CAR.format(port=car_port)], dict(os.environ),
+                        logs / "emulated-car.log")
+            car.start()
+            wait_for_port("127.0.0.1", car_port, 20)
+            self.children.append(car)
+            self.children.append(Child("demo-car-1", self._vinsight("agent", "run"), self._agent_env(
+                "demo-car-1", VINSIGHT_AGENT_OBD_PORT=f"socket://127.0.0.1:{car_port}",
+                VINSIGHT_AGENT_OBD_BAUDRATE="38400", VINSIGHT_AGENT_HEALTH_INTERVAL_S="10"),
+                logs / "demo-car-1.log"))
         for child in self.children:
-            print(f"demo: starting {child.name} (log: {child.log})")
-            child.start()
-        print(f"demo: ingest metrics on http://127.0.0.1:{metrics_port}/metrics")
+            if child.proc is None:
+                print(f"demo: starting {child.name} (log: {child.log})")
+                child.start()
+        print(f"demo: {len(drives)} agents replay real drives at {self.replay_speed}x; "
+              f"{'one agent reads an emulated car with trouble codes P0301/P0171' if self.emulator else ''}")
 
     def report_progress(self) -> None:
-        import psycopg
-
-        counts: dict[str, int] = {}
-        try:
-            with psycopg.connect(self.db_url, connect_timeout=3) as conn:
-                for table in ("samples", "device_events", "dead_letters", "trips", "trip_events"):
-                    with contextlib.suppress(psycopg.Error):
-                        counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                    conn.rollback()
-        except psycopg.Error as exc:
-            print(f"demo: database not reachable: {exc}")
-            return
-        dead = [c.name for c in self.children if c.proc is not None and c.proc.poll() not in (None, 0)]
         elapsed = time.monotonic() - self._started
-        print(f"demo: {elapsed:6.0f} s  " + "  ".join(f"{k}={v}" for k, v in counts.items())
-              + (f"  exited with error: {', '.join(dead)}" if dead else ""), flush=True)
+        failed = [c.name for c in self.children if c.proc is not None and c.proc.poll() not in (None, 0)]
+        print(f"demo: {elapsed:5.0f} s" + (f"  (exited with an error: {', '.join(failed)})" if failed else ""))
+        if self.console is not None:
+            text = self.console.report()
+            if text:
+                print(text, flush=True)
 
     def stop(self) -> None:
         for child in reversed(self.children):
             child.stop()
+        if self.console is not None:
+            time.sleep(0.5)
+            self.console.stop()
         if self._broker:
             self._broker.stop()
-        if self._pg:
-            self._pg.stop()
-        print("demo: stopped")
+        print("demo: stopped; agents' outboxes and the broker's persistence are kept in", self.home)

@@ -1,10 +1,10 @@
-"""``vinsight demo``: the whole platform on one machine, on embedded defaults.
+"""``vinsight demo``: a fleet of in-car agents on one machine, on embedded defaults.
 
-It starts (or reuses) an embedded PostgreSQL unless ``VINSIGHT_DB_URL`` names a real one, a private
-Mosquitto on a free port, applies migrations, and then runs every room as its own process, the way
-production does: ingest workers, device agents replaying real recorded drives, one agent reading the
-ELM327-emulator through python-obd, simulated vehicles with distinct driver styles, and the analytics
-loop. It prints progress from the database until Ctrl-C, which stops every process cleanly.
+It starts a private Mosquitto (MQTT v5) on a free port and runs every agent as its own process, the
+way cars do: agents replaying real recorded drives (POLIDriving), and one agent reading an emulated
+car (ELM327-emulator through python-obd) with trouble codes set. A console decodes everything the
+fleet publishes with the wire contract and prints progress until Ctrl-C (or --duration), which stops
+every process cleanly; agents' outboxes persist, so a second run continues, and --reset starts over.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -31,14 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reset", action="store_true", help="delete the demo's database and state first")
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
     p.add_argument("--replays", type=int, default=3, help="agents replaying recorded drives (default 3)")
-    p.add_argument("--simulated", type=int, default=6, help="simulated vehicles (default 6)")
     p.add_argument("--replay-speed", type=float, default=10.0, help="replay speed factor (default 10x)")
     p.add_argument("--no-emulator", action="store_true", help="skip the agent on the ELM327-emulator")
     p.set_defaults(func=run_demo)
-
-
-def _python() -> str:
-    return sys.executable
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -48,8 +42,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.reset and home.exists():
         print(f"demo: reset: removing {home}")
         shutil.rmtree(home)
-    demo = Demo(home=home, replays=args.replays, simulated=args.simulated, replay_speed=args.replay_speed,
-                emulator=not args.no_emulator)
+    demo = Demo(home=home, replays=args.replays, replay_speed=args.replay_speed, emulator=not args.no_emulator)
     stop_at = time.monotonic() + args.duration if args.duration > 0 else None
 
     def _stop(signum: int, _frame: object) -> None:
