@@ -144,8 +144,9 @@ class ObdSource:
         if connection.status() == obd.OBDStatus.NOT_CONNECTED:
             connection.close()
             raise LinkDown(f"no ELM327 answered on {s.obd_port}")
-        # python-obd 0.7.3 opens the port with a fixed 10 s read timeout; a dead Bluetooth or Wi-Fi
-        # link would then cost 10 s per request before it is noticed.
+        # python-obd 0.7.3 opens the port with a fixed 10 s read timeout and retries a silent read
+        # about ten times per request: a dead Bluetooth or Wi-Fi link would cost ~100 s per request
+        # before it is noticed. Connected, an ELM327 answers within its ATST timeout (~200 ms).
         port = getattr(connection.interface, "_ELM327__port", None)
         if port is not None:
             port.timeout = s.obd_read_timeout_s
@@ -290,8 +291,9 @@ class ObdSource:
         if self.vin is None and self.power.state is EngineState.RUNNING:
             self._identify()  # the ECU woke up after we connected with the engine off
         if now >= self._next_dtc and self.power.state is EngineState.RUNNING:
-            self._next_dtc = now + self.dtc_interval_s
             self._read_dtcs()
+            # Counted from the end of the read: a slow adapter must not spend all its time on DTCs.
+            self._next_dtc = time.monotonic() + self.dtc_interval_s
             return True
         with self._lock:
             due = self.scheduler.due(now)
@@ -390,6 +392,8 @@ class ObdSource:
             if answers:
                 readings[dtc_type] = decode_dtc_answer(answers, service)
         status = self._send(b"0101")
+        if not readings and not status and self._read_voltage() is None:
+            raise LinkDown("neither the ECU nor the adapter answers")
         mil = next((m for a in status if (m := mil_from_status(a)) is not None), None)
         for kind, data in self.dtc.update(readings, mil, describe_dtc):
             self.sink.event(kind, data)

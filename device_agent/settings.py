@@ -30,7 +30,7 @@ class AgentSettings(BaseSettings):
     obd_protocol: str | None = Field(None, description="ELM327 protocol id (e.g. '6'); None = auto")
     obd_timeout_s: float = Field(1.0, description="Per-request timeout; slow clones need more")
     obd_read_timeout_s: float = Field(
-        3.0, description="Silence on the link after which a read gives up (python-obd hard-codes 10 s)")
+        1.0, description="Read timeout once connected (python-obd: 10 s, retried ~10x per silent request)")
     obd_fast: bool = Field(False, description="python-obd fast mode (response-count hint, repeat CR)")
     reconnect_min_s: float = Field(1.0, description="First reconnect delay; doubles up to the max")
     reconnect_max_s: float = Field(60.0)

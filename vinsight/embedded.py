@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -78,10 +79,16 @@ class EmbeddedPostgres:
 
 @dataclass
 class MosquittoBroker:
-    """A private Mosquitto instance on a free port, persistence on, anonymous loopback only."""
+    """A private Mosquitto on a free port (kept across restarts), persistence on.
+
+    ``auth_conf`` replaces the default anonymous loopback access (e.g. password_file, acl_file, TLS
+    listener options). Started as root, Mosquitto would drop to its own user and lose access to
+    private directories, so it keeps the invoking user.
+    """
 
     work_dir: Path
     port: int = 0
+    auth_conf: str = "allow_anonymous true"
     _proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @staticmethod
@@ -89,18 +96,19 @@ class MosquittoBroker:
         return shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
 
-    def start(self, preferred_port: int = 1883) -> int:
+    def start(self, preferred_port: int | None = None) -> int:
         exe = self.binary()
         if exe is None:
-            raise RuntimeError("Mosquitto is not installed (apt-get install mosquitto); the demo needs an "
-                               "MQTT v5 broker")
+            raise RuntimeError("Mosquitto is not installed (apt-get install mosquitto); an MQTT v5 broker is needed")
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port(preferred_port)
+        if not self.port:
+            self.port = free_port(preferred_port)
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else ""
         conf = self.work_dir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.work_dir}/\nmax_queued_messages 1000000\n"
-            "max_inflight_messages 0\nset_tcp_nodelay true\n"
+            f"listener {self.port} 127.0.0.1\n{self.auth_conf}\npersistence true\n"
+            f"persistence_location {self.work_dir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+            f"set_tcp_nodelay true\n{user}"
         )
         log = open(self.work_dir / "mosquitto.log", "ab")  # noqa: SIM115 - the process owns it
         self._proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,39 +11,18 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vinsight.contract import codec, topics
-from vinsight.embedded import free_port, wait_for_port
+from vinsight.embedded import MosquittoBroker
 
 
-class PrivateBroker:
-    """A Mosquitto of the test's own on a free port (the system broker is shared; never restart it)."""
+class PrivateBroker(MosquittoBroker):
+    """A Mosquitto of the test's own (the system broker is shared: never restart that one)."""
 
-    def __init__(self, work: Path, extra_conf: str = "", port: int | None = None) -> None:
-        self.work = work
-        self.port = port or free_port()
-        self.extra_conf = extra_conf
-        self.proc: subprocess.Popen | None = None
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.exe = exe
+    def __init__(self, work: Path, extra_conf: str = "") -> None:
+        super().__init__(work, auth_conf=extra_conf or "allow_anonymous true")
 
-    def start(self) -> PrivateBroker:
-        self.work.mkdir(parents=True, exist_ok=True)
-        conf = self.work / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\npersistence true\npersistence_location {self.work}/\n"
-            f"max_queued_messages 0\n{self.extra_conf or 'allow_anonymous true'}\n"
-            # Started as root, Mosquitto would drop to its own user and lose access to the test's files.
-            + (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else "")
-        )
-        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.work / "log.txt", "ab"))  # noqa: SIM115
-        wait_for_port("127.0.0.1", self.port, 10)
+    def start(self) -> PrivateBroker:  # type: ignore[override]
+        super().start()
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
 
 
 @dataclass

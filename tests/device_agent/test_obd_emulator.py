@@ -143,7 +143,7 @@ def test_reconnects_after_the_adapter_goes_away(sink, tmp_path) -> None:
         _source, stop, thread = start_source(emu, sink, tmp_path)
         assert sink.wait(lambda s: "speed" in s.names(), 25)
         emu.stop(restore=False)
-        assert sink.wait(lambda s: "adapter_disconnected" in s.kinds(), 45)  # python-obd reads block ~10 s
+        assert sink.wait(lambda s: "adapter_disconnected" in s.kinds(), 60)  # a silent socket, not a closed one
         count = len(sink.readings)
         emu = Emulator(port=port)
         emu.start()
