@@ -158,7 +158,9 @@ class Demo:
         print(f"demo: Mosquitto (MQTT v5) on 127.0.0.1:{port}, persistence in {self.home / 'mqtt'}")
         self.console = FleetConsole(port)
         self.console.start()
-        drives = recorded_drives()[: self.replays]
+        available = recorded_drives()
+        # More agents than recordings: they share drives (each agent is still its own car and boot).
+        drives = [available[i % len(available)] for i in range(self.replays)] if available else []
         for i, drive in enumerate(drives):
             device = f"demo-replay-{i + 1}"
             self.children.append(Child(device, self._vinsight("agent", "replay", str(drive), "--speed",
