@@ -92,13 +92,12 @@ class Agent:
 
     def apply_config(self, config: AgentConfig) -> None:
         """Apply a validated remote configuration to the running parts."""
-        p = self.publisher.config if hasattr(self, "publisher") else None
-        if p is not None:
-            if config.batch_max_samples is not None:
-                p.batch_max_samples = config.batch_max_samples
-            if config.batch_max_age_s is not None:
-                p.batch_max_age_s = config.batch_max_age_s
-            p.config_version = config.version
+        p = self.publisher.config
+        if config.batch_max_samples is not None:
+            p.batch_max_samples = config.batch_max_samples
+        if config.batch_max_age_s is not None:
+            p.batch_max_age_s = config.batch_max_age_s
+        p.config_version = config.version
         if self.obd is not None:
             if config.signals:
                 self.obd.apply_plan(config.signals)

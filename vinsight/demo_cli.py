@@ -22,7 +22,7 @@ DEFAULT_HOME = Path(os.environ.get("VINSIGHT_DEMO_HOME", Path.home() / ".vinsigh
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="run the whole platform locally on embedded defaults",
+        help="run a fleet of in-car agents locally: private broker, real drives, an emulated car",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

