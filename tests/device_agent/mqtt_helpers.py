@@ -35,6 +35,7 @@ class Collector:
     samples: list[tuple[str, int, int, dict]] = field(default_factory=list)  # (boot, seq, ts, values)
     events: list[tuple[str, int, str, dict]] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
+    health: list = field(default_factory=list)
     acks: list[codec.ConfigAck] = field(default_factory=list)  # type: ignore[name-defined]
     content_types: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
@@ -61,6 +62,8 @@ class Collector:
                     batch = codec.decode_events(m.payload)
                     for e in batch.events:
                         self.events.append((str(batch.boot_id), e.seq, e.kind.value, e.data))
+                elif parsed.kind == topics.HEALTH:
+                    self.health.append(codec.decode_health(m.payload))
                 elif parsed.kind == topics.STATE and m.payload:
                     self.states.append(codec.decode_state(m.payload).state.value)
                 elif parsed.kind == topics.CONFIG and parsed.tree == topics.STATUS:

@@ -24,6 +24,8 @@ def test_drive_with_trouble_codes_arrives_complete_and_in_order(emulator, mqtt_b
     thread.start()
     try:
         assert collector.wait_for(lambda c: len(c.samples) >= 8 and any(e[2] == "dtc_new" for e in c.events), 40)
+        assert collector.wait_for(
+            lambda c: any(h.rates_hz.get("speed", 0) > 0 and h.rates_hz.get("rpm", 0) > 0 for h in c.health), 20)
     finally:
         agent.stop_event.set()
         thread.join(30)
@@ -43,3 +45,7 @@ def test_drive_with_trouble_codes_arrives_complete_and_in_order(emulator, mqtt_b
     speeds = [v["speed"] for _b, _s, _t, v in collector.samples if "speed" in v]
     assert speeds and all(0 <= s <= 255 for s in speeds)
     assert collector.states[0] == "online" and collector.states[-1] == "offline"
+    health = next(h for h in collector.health if h.rates_hz.get("speed", 0) > 0 and h.rates_hz.get("rpm", 0) > 0)
+    assert health.adapter["state"] == "connected" and health.adapter["vin"] == TEST_VIN
+    assert 0 < health.rates_hz["rpm"] <= 1.0 + 1e-9  # achieved, never above the 1 Hz target
+    assert health.power["engine"] == "running" and health.outbox["records"] >= 0

@@ -269,3 +269,36 @@ def test_replay_of_a_broken_file_delivers_nothing(tmp_path, raw, error) -> None:
         with pytest.raises(error):  # a truncated log is an error the operator sees, not a silent partial drive
             source.run(threading.Event())
     assert got == []
+
+
+def test_mutual_tls_with_a_client_certificate(tmp_path, unique_id) -> None:
+    """The device's identity is its certificate (CN = device id); a device without one is refused."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=vinsight-test-ca", cwd=certs)
+    (certs / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, cn in (("server", "localhost"), ("device", unique_id)):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={cn}", cwd=certs)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext", cwd=certs)
+    broker = PrivateBroker(tmp_path / "broker", extra_conf=(
+        f"allow_anonymous false\nrequire_certificate true\nuse_identity_as_username true\n"
+        f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\nkeyfile {certs / 'server.key'}\n"))
+    broker.start()
+    try:
+        base = dict(mqtt_tls=True, mqtt_ca_file=certs / "ca.crt", replay_speed=0)
+        agent = Agent(settings_for(tmp_path, unique_id, broker.port, mqtt_cert_file=certs / "device.crt",
+                                   mqtt_key_file=certs / "device.key", **base), replay_file=DRIVE)
+        agent.start()
+        assert agent.publisher.wait_connected(10)
+        agent.stop_event.set()
+        agent.shutdown()
+        anonymous = Agent(settings_for(tmp_path, unique_id + "n", broker.port, **base), replay_file=DRIVE)
+        anonymous.start()
+        assert not anonymous.publisher.wait_connected(3)  # the TLS handshake fails without a certificate
+        anonymous.stop_event.set()
+        anonymous.shutdown()
+    finally:
+        broker.stop()
