@@ -1,0 +1,106 @@
+-- Hourly and daily per-vehicle rollups: what dashboards, mileage statements and the scaling guide
+-- read instead of raw samples. Same relation names and columns on both backends:
+--   TimescaleDB: continuous aggregates (hourly on samples, daily on hourly), refreshed by policy,
+--                real-time (materialized_only = false) so the newest hour is included.
+--   PostgreSQL:  tables maintained incrementally by ingest.rollups from rollup_invalidations,
+--                which ingest appends to in the same transaction as the samples.
+-- Only plain aggregates are used (continuous aggregates allow no window functions): distance is
+-- speed integrated over each sample's interval_ms; fuel from the fuel-rate PID, else from MAF
+-- (g/s / 14.7 AFR / 745 g/L petrol).
+
+--@timescaledb CREATE MATERIALIZED VIEW samples_hourly
+--@timescaledb WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+--@timescaledb SELECT device_key, time_bucket(INTERVAL '1 hour', ts) AS bucket,
+--@timescaledb        count(*)::bigint AS samples,
+--@timescaledb        coalesce(sum(speed::float8 * interval_ms) / 3600000.0, 0)::double precision AS distance_km,
+--@timescaledb        coalesce(sum(CASE WHEN speed > 0 THEN interval_ms END) / 1000.0, 0)::double precision AS driving_s,
+--@timescaledb        coalesce(sum(CASE WHEN rpm > 0 AND speed = 0 THEN interval_ms END) / 1000.0, 0)::double precision AS idle_s,
+--@timescaledb        max(speed)::double precision AS max_speed_kmh,
+--@timescaledb        coalesce(sum(coalesce(fuel_rate::float8 * interval_ms / 3600000.0,
+--@timescaledb                              maf::float8 * interval_ms / 1000.0 / 14.7 / 745.0)), 0)::double precision AS fuel_l,
+--@timescaledb        min(ts) AS first_ts, max(ts) AS last_ts
+--@timescaledb FROM samples GROUP BY device_key, time_bucket(INTERVAL '1 hour', ts)
+--@timescaledb WITH NO DATA;
+--@timescaledb
+--@timescaledb CREATE MATERIALIZED VIEW samples_daily
+--@timescaledb WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+--@timescaledb SELECT device_key, time_bucket(INTERVAL '1 day', bucket) AS bucket,
+--@timescaledb        sum(samples)::bigint AS samples, sum(distance_km) AS distance_km, sum(driving_s) AS driving_s,
+--@timescaledb        sum(idle_s) AS idle_s, max(max_speed_kmh) AS max_speed_kmh, sum(fuel_l) AS fuel_l,
+--@timescaledb        min(first_ts) AS first_ts, max(last_ts) AS last_ts
+--@timescaledb FROM samples_hourly GROUP BY device_key, time_bucket(INTERVAL '1 day', bucket)
+--@timescaledb WITH NO DATA;
+
+--@native CREATE TABLE samples_hourly (
+--@native     device_key     integer NOT NULL,
+--@native     bucket         timestamptz NOT NULL,
+--@native     samples        bigint NOT NULL,
+--@native     distance_km    double precision NOT NULL,
+--@native     driving_s      double precision NOT NULL,
+--@native     idle_s         double precision NOT NULL,
+--@native     max_speed_kmh  double precision,
+--@native     fuel_l         double precision NOT NULL,
+--@native     first_ts       timestamptz NOT NULL,
+--@native     last_ts        timestamptz NOT NULL,
+--@native     PRIMARY KEY (device_key, bucket)
+--@native );
+--@native CREATE TABLE samples_daily (LIKE samples_hourly INCLUDING ALL);
+--@native -- (device, hour) pairs whose samples changed since the last refresh; an append-only log,
+--@native -- so concurrent ingest workers never wait on each other here.
+--@native CREATE TABLE rollup_invalidations (
+--@native     device_key  integer NOT NULL,
+--@native     bucket      timestamptz NOT NULL
+--@native );
+--@native -- The native refresh, next to the continuous aggregates it mirrors: take the invalidation log,
+--@native -- recompute exactly the (device, hour) buckets it names from samples, then the days they fall in
+--@native -- from hours. Buckets are UTC, like time_bucket's. One refresher at a time (advisory lock).
+--@native CREATE FUNCTION vinsight_refresh_rollups() RETURNS integer LANGUAGE plpgsql AS $fn$
+--@native DECLARE
+--@native     n_hours integer;
+--@native BEGIN
+--@native     PERFORM pg_advisory_xact_lock(hashtext('vinsight_refresh_rollups'));
+--@native     CREATE TEMP TABLE _dirty_hours ON COMMIT DROP AS
+--@native         WITH taken AS (DELETE FROM rollup_invalidations RETURNING device_key, bucket)
+--@native         SELECT DISTINCT device_key, bucket FROM taken;
+--@native     GET DIAGNOSTICS n_hours = ROW_COUNT;
+--@native     IF n_hours = 0 THEN
+--@native         DROP TABLE _dirty_hours;
+--@native         RETURN 0;
+--@native     END IF;
+--@native     DELETE FROM samples_hourly h USING _dirty_hours d WHERE h.device_key = d.device_key AND h.bucket = d.bucket;
+--@native     INSERT INTO samples_hourly
+--@native     SELECT s.device_key, d.bucket,
+--@native            count(*)::bigint,
+--@native            coalesce(sum(s.speed::float8 * s.interval_ms) / 3600000.0, 0),
+--@native            coalesce(sum(CASE WHEN s.speed > 0 THEN s.interval_ms END) / 1000.0, 0),
+--@native            coalesce(sum(CASE WHEN s.rpm > 0 AND s.speed = 0 THEN s.interval_ms END) / 1000.0, 0),
+--@native            max(s.speed),
+--@native            coalesce(sum(coalesce(s.fuel_rate::float8 * s.interval_ms / 3600000.0,
+--@native                                  s.maf::float8 * s.interval_ms / 1000.0 / 14.7 / 745.0)), 0),
+--@native            min(s.ts), max(s.ts)
+--@native     FROM _dirty_hours d
+--@native     JOIN samples s ON s.device_key = d.device_key AND s.ts >= d.bucket AND s.ts < d.bucket + INTERVAL '1 hour'
+--@native     GROUP BY s.device_key, d.bucket;
+--@native     CREATE TEMP TABLE _dirty_days ON COMMIT DROP AS
+--@native         SELECT DISTINCT device_key, date_bin(INTERVAL '1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00+00') AS bucket
+--@native         FROM _dirty_hours;
+--@native     DELETE FROM samples_daily x USING _dirty_days d WHERE x.device_key = d.device_key AND x.bucket = d.bucket;
+--@native     INSERT INTO samples_daily
+--@native     SELECT h.device_key, d.bucket, sum(h.samples)::bigint, sum(h.distance_km), sum(h.driving_s), sum(h.idle_s),
+--@native            max(h.max_speed_kmh), sum(h.fuel_l), min(h.first_ts), max(h.last_ts)
+--@native     FROM _dirty_days d
+--@native     JOIN samples_hourly h ON h.device_key = d.device_key AND h.bucket >= d.bucket AND h.bucket < d.bucket + INTERVAL '1 day'
+--@native     GROUP BY h.device_key, d.bucket;
+--@native     DROP TABLE _dirty_hours;
+--@native     DROP TABLE _dirty_days;
+--@native     RETURN n_hours;
+--@native END
+--@native $fn$;
+
+-- Average moving speed is distance / driving time (time-weighted, and composable from hour to day).
+CREATE VIEW samples_hourly_stats AS
+SELECT h.*, CASE WHEN h.driving_s > 0 THEN h.distance_km / (h.driving_s / 3600.0) END AS avg_moving_speed_kmh
+FROM samples_hourly h;
+CREATE VIEW samples_daily_stats AS
+SELECT d.*, CASE WHEN d.driving_s > 0 THEN d.distance_km / (d.driving_s / 3600.0) END AS avg_moving_speed_kmh
+FROM samples_daily d;
