@@ -20,8 +20,10 @@ from . import __version__
 ROOMS: tuple[tuple[str, str], ...] = (
     ("device_agent.cli", "device"),
     ("ingest.cli", "server"),
+    ("ingest.device_cli", "server"),
     ("analytics.cli", "server"),
     ("portal_api.cli", "server"),
+    ("vinsight.simulate_cli", "server"),
     ("vinsight.demo_cli", "all"),
 )
 
