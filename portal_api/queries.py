@@ -1,0 +1,268 @@
+"""Reads shared by the audiences, each through :meth:`Access.fetch` (the visible relation).
+
+What differs per audience is the scope a query runs under and which columns it may return: trip
+coordinates only with ``location_history``, owner contact details only with ``service_contact``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from analytics.dtc_descriptions import describe_dtc_or_none
+from analytics.health import HealthParams, service_due
+
+from .access import Access, Scope
+from .geojson import point
+
+HEALTH_SQL = """
+SELECT v.vehicle_id, v.vin, v.make, v.model, v.model_year, vis.owner_id, vis.purpose,
+       dev.device_keys, dev.last_seen, dev.online,
+       coalesce(roll.distance_km, 0) AS distance_recorded_km, roll.first_day,
+       svc.serviced_at, svc.odometer_km AS service_odometer_km,
+       coalesce(since.distance_km, 0) AS distance_since_service_km,
+       h.battery, h.coolant, h.leads AS health_leads, h.computed_at AS health_computed_at,
+       coalesce(dtc.open_dtcs, '[]'::jsonb) AS open_dtcs
+FROM visible vis
+JOIN vehicles v ON v.vehicle_id = vis.vehicle_id
+LEFT JOIN LATERAL (
+    SELECT array_agg(d.device_key) AS device_keys, max(ds.last_seen) AS last_seen,
+           bool_or(ds.state = 'online') AS online
+    FROM devices d LEFT JOIN device_status ds ON ds.device_key = d.device_key
+    WHERE d.vehicle_id = v.vehicle_id) dev ON true
+LEFT JOIN LATERAL (
+    SELECT sum(r.distance_km) AS distance_km, min(r.bucket) AS first_day
+    FROM samples_daily r WHERE r.device_key = ANY (dev.device_keys)) roll ON true
+LEFT JOIN LATERAL (
+    SELECT s.serviced_at, s.odometer_km FROM service_records s WHERE s.vehicle_id = v.vehicle_id
+    ORDER BY s.serviced_at DESC LIMIT 1) svc ON true
+LEFT JOIN LATERAL (
+    SELECT sum(r.distance_km) AS distance_km FROM samples_daily r
+    WHERE r.device_key = ANY (dev.device_keys) AND r.bucket >= date_trunc('day', svc.serviced_at)) since ON true
+LEFT JOIN LATERAL (
+    SELECT hh.* FROM vehicle_health hh WHERE hh.device_key = ANY (dev.device_keys)
+    ORDER BY hh.computed_at DESC LIMIT 1) h ON true
+LEFT JOIN LATERAL (
+    SELECT jsonb_agg(jsonb_build_object('code', e.code, 'dtc_type', e.dtc_type, 'first_seen', e.first_seen,
+                                        'last_seen', e.last_seen, 'mil_on', e.mil_on)
+                     ORDER BY e.first_seen) AS open_dtcs
+    FROM dtc_episodes e WHERE e.device_key = ANY (dev.device_keys) AND e.cleared_at IS NULL) dtc ON true
+"""
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime | dt.date) else value
+
+
+DEFAULT_HEALTH = HealthParams()
+
+
+def health_overview(row: dict[str, Any], now: dt.datetime, params: HealthParams = DEFAULT_HEALTH) -> dict[str, Any]:
+    """One vehicle's health as a dealer (or the owner) reads it."""
+    dtcs = []
+    for e in row["open_dtcs"] or []:
+        d = describe_dtc_or_none(e["code"])
+        dtcs.append({**{k: _iso(v) for k, v in e.items()},
+                     "description": d.description if d else "unknown code",
+                     "category": str(d.category) if d else None, "severity": str(d.severity) if d else None})
+    baseline = row["serviced_at"]
+    assumed = False
+    if baseline is None and row["first_day"] is not None:
+        baseline, assumed = row["first_day"], True
+    service: dict[str, Any] | None = None
+    if baseline is not None:
+        driven = row["distance_since_service_km"] if row["serviced_at"] is not None else row["distance_recorded_km"]
+        st = service_due(now, baseline, distance_since_service_km=float(driven or 0.0), params=params)
+        service = {"due": st.due, "due_soon": st.due_soon, "km_left": st.km_left, "days_left": st.days_left,
+                   "reason": st.reason, "last_service_at": _iso(row["serviced_at"]),
+                   "baseline_assumed": assumed}
+    battery = row["battery"] or None
+    return {
+        "vehicle_id": row["vehicle_id"], "vin": row["vin"], "make": row["make"], "model": row["model"],
+        "model_year": row["model_year"], "last_seen": _iso(row["last_seen"]), "online": bool(row["online"]),
+        "distance_recorded_km": round(float(row["distance_recorded_km"] or 0.0), 1),
+        "open_dtcs": dtcs, "mil_on": any(e.get("mil_on") for e in dtcs),
+        "battery": battery, "coolant": row["coolant"] or None,
+        "service": service,
+        "health_leads": row["health_leads"] or [],
+        "health_computed_at": _iso(row["health_computed_at"]),
+    }
+
+
+def vehicles_health(access: Access, *, after: int | None, limit: int, vehicle_id: int | None = None,
+                    scope: Scope = Scope.VEHICLE_HEALTH) -> list[dict[str, Any]]:
+    where, params = [], {"limit": limit + 1}
+    if after is not None:
+        where.append("v.vehicle_id > %(after)s")
+        params["after"] = after
+    if vehicle_id is not None:
+        where.append("v.vehicle_id = %(vid)s")
+        params["vid"] = vehicle_id
+    sql = HEALTH_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY v.vehicle_id LIMIT %(limit)s"
+    rows = access.fetch(sql, params, scope=scope)
+    now = dt.datetime.now(dt.UTC)
+    return [health_overview(r, now) for r in rows]
+
+
+TRIP_COLUMNS = ("trip_id", "vehicle_id", "kind", "start_ts", "end_ts", "is_open", "distance_m", "distance_source",
+                "duration_s", "driving_s", "idle_s", "max_speed_kmh", "avg_speed_kmh", "fuel_l", "night_share",
+                "urban_share", "rural_share", "motorway_share")
+
+
+def trips(access: Access, *, vehicle_id: int | None, since: dt.datetime | None, until: dt.datetime | None,
+          cursor: list[Any] | None, limit: int, with_places: bool, scope: Scope = Scope.TRIP_SUMMARY,
+          trip_id: int | None = None, with_track: bool = False) -> list[dict[str, Any]]:
+    """Trips newest first (keyset on start_ts, trip_id); coordinates only when ``with_places``."""
+    where = ["t.kind = 'movement'"]
+    params: dict[str, Any] = {"limit": limit + 1}
+    if vehicle_id is not None:
+        where.append("vis.vehicle_id = %(vid)s")
+        params["vid"] = vehicle_id
+    if trip_id is not None:
+        where.append("t.trip_id = %(tid)s")
+        params["tid"] = trip_id
+    if since is not None:
+        where.append("t.start_ts >= %(since)s")
+        params["since"] = since
+    if until is not None:
+        where.append("t.start_ts < %(until)s")
+        params["until"] = until
+    if cursor is not None:
+        where.append("(t.start_ts, t.trip_id) < (%(c_ts)s::timestamptz, %(c_id)s)")
+        params["c_ts"], params["c_id"] = cursor
+    sql = (f"SELECT vis.vehicle_id, vis.owner_id, vis.purpose, t.*"
+           f" FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id"
+           f" JOIN trips t ON t.device_key = d.device_key WHERE {' AND '.join(where)}"
+           f" ORDER BY t.start_ts DESC, t.trip_id DESC LIMIT %(limit)s")
+    rows = access.fetch(sql, params, scope=scope)
+    out = []
+    for r in rows:
+        item = {k: _iso(r[k]) for k in TRIP_COLUMNS}
+        item["score"] = None
+        if with_places:
+            item["start"] = point(r["start_lat"], r["start_lon"])
+            item["end"] = point(r["end_lat"], r["end_lon"])
+            if with_track:
+                item["track"] = r["track"]
+        out.append(item)
+    return out
+
+
+def trip_scores(access: Access, trip_ids: list[int]) -> dict[int, dict[str, Any]]:
+    if not trip_ids:
+        return {}
+    rows = access.fetch(
+        "SELECT s.trip_id, s.score, s.eco_score, s.explanation, vis.vehicle_id, vis.owner_id, vis.purpose"
+        " FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id"
+        " JOIN scores s ON s.device_key = d.device_key AND s.scope = 'trip' WHERE s.trip_id = ANY (%(ids)s)",
+        {"ids": trip_ids}, scope=Scope.DRIVING_SCORE, audit=False)
+    return {r["trip_id"]: r for r in rows}
+
+
+EVENT_KINDS = ("harsh_acceleration", "harsh_braking", "harsh_cornering", "speeding", "over_revving", "long_idling",
+               "night_driving")
+
+
+def events(access: Access, *, vehicle_id: int | None, trip_id: int | None, since: dt.datetime | None,
+           until: dt.datetime | None, kinds: list[str] | None, cursor: list[Any] | None, limit: int,
+           with_places: bool, scope: Scope = Scope.DRIVING_SCORE) -> list[dict[str, Any]]:
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": limit + 1}
+    if vehicle_id is not None:
+        where.append("vis.vehicle_id = %(vid)s")
+        params["vid"] = vehicle_id
+    if trip_id is not None:
+        where.append("e.trip_id = %(tid)s")
+        params["tid"] = trip_id
+    if since is not None:
+        where.append("e.ts >= %(since)s")
+        params["since"] = since
+    if until is not None:
+        where.append("e.ts < %(until)s")
+        params["until"] = until
+    if kinds:
+        where.append("e.kind = ANY (%(kinds)s)")
+        params["kinds"] = kinds
+    if cursor is not None:
+        where.append("(e.ts, e.event_id) < (%(c_ts)s::timestamptz, %(c_id)s)")
+        params["c_ts"], params["c_id"] = cursor
+    sql = ("SELECT vis.vehicle_id, vis.owner_id, vis.purpose, e.* FROM visible vis"
+           " JOIN devices d ON d.vehicle_id = vis.vehicle_id JOIN driving_events e ON e.device_key = d.device_key"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY e.ts DESC, e.event_id DESC LIMIT %(limit)s")
+    rows = access.fetch(sql, params, scope=scope)
+    out = []
+    for r in rows:
+        item = {"event_id": r["event_id"], "vehicle_id": r["vehicle_id"], "trip_id": r["trip_id"], "kind": r["kind"],
+                "ts": _iso(r["ts"]), "end_ts": _iso(r["end_ts"]), "severity": r["severity"], "peak": r["peak"],
+                "peak_unit": r["peak_unit"], "duration_s": r["duration_s"]}
+        if with_places:
+            item["location"] = point(r["lat"], r["lon"])
+        out.append(item)
+    return out
+
+
+def score_periods(access: Access, vehicle_id: int, period: str, since: dt.datetime | None,
+                  until: dt.datetime | None) -> list[dict[str, Any]]:
+    """Day scores rolled up to ``period`` (day/week/month): distance-weighted, as the issue's insurers
+    price per distance driven. Components are averaged the same way."""
+    params: dict[str, Any] = {"vid": vehicle_id, "period": period}
+    where = ["vis.vehicle_id = %(vid)s", "s.scope = 'day'"]
+    if since is not None:
+        where.append("s.period_start >= %(since)s")
+        params["since"] = since
+    if until is not None:
+        where.append("s.period_start < %(until)s")
+        params["until"] = until
+    rows = access.fetch(
+        "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, s.period_start, s.score, s.distance_m, s.explanation"
+        " FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id"
+        " JOIN scores s ON s.device_key = d.device_key WHERE " + " AND ".join(where) + " ORDER BY s.period_start",
+        params, scope=Scope.DRIVING_SCORE)
+    buckets: dict[dt.datetime, dict[str, Any]] = {}
+    for r in rows:
+        start = r["period_start"]
+        if period == "week":
+            start = (start - dt.timedelta(days=start.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        elif period == "month":
+            start = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        b = buckets.setdefault(start, {"w": 0.0, "sum": 0.0, "distance_m": 0.0, "days": 0, "comp": {}})
+        b["days"] += 1
+        b["distance_m"] += float(r["distance_m"] or 0.0)
+        if r["score"] is None:
+            continue
+        w = max(float(r["distance_m"] or 0.0), 1.0)
+        b["w"] += w
+        b["sum"] += w * float(r["score"])
+        for c in (r["explanation"] or {}).get("components", []):
+            if c.get("applied") and c.get("sub_score") is not None:
+                cw, cs = b["comp"].get(c["name"], (0.0, 0.0))
+                b["comp"][c["name"]] = (cw + w, cs + w * float(c["sub_score"]))
+    return [{"period_start": k.isoformat(), "period": period, "days": b["days"],
+             "distance_km": round(b["distance_m"] / 1000.0, 3),
+             "score": round(b["sum"] / b["w"], 1) if b["w"] else None,
+             "components": {n: round(s / w, 1) for n, (w, s) in sorted(b["comp"].items())}}
+            for k, b in sorted(buckets.items())]
+
+
+def mileage(access: Access, vehicle_id: int, period: str, since: dt.datetime | None,
+            until: dt.datetime | None) -> list[dict[str, Any]]:
+    """Distance per day/week/month from the daily rollups (pay-as-you-drive statements)."""
+    params: dict[str, Any] = {"vid": vehicle_id, "period": period}
+    where = ["vis.vehicle_id = %(vid)s"]
+    if since is not None:
+        where.append("r.bucket >= %(since)s")
+        params["since"] = since
+    if until is not None:
+        where.append("r.bucket < %(until)s")
+        params["until"] = until
+    rows = access.fetch(
+        "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, date_trunc(%(period)s, r.bucket, 'UTC') AS period_start,"
+        " sum(r.distance_km) AS distance_km, sum(r.driving_s) AS driving_s, count(*) AS days_with_data"
+        " FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id"
+        " JOIN samples_daily r ON r.device_key = d.device_key WHERE " + " AND ".join(where)
+        + " GROUP BY 1, 2, 3, 4 ORDER BY period_start", params, scope=Scope.MILEAGE)
+    return [{"period_start": _iso(r["period_start"]), "period": period,
+             "distance_km": round(float(r["distance_km"] or 0.0), 3),
+             "driving_h": round(float(r["driving_s"] or 0.0) / 3600.0, 3),
+             "days_with_data": int(r["days_with_data"])} for r in rows]

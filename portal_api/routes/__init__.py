@@ -1,0 +1,1 @@
+"""HTTP routes, one module per audience; all data access goes through :mod:`portal_api.access`."""

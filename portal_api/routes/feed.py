@@ -1,0 +1,103 @@
+"""Partner feed: new and changed trips, events and leads since a version, resumable.
+
+Versions come from one sequence drawn in commit order (migration 0007 explains the lock that makes
+it so): a client that stores ``to_version`` and passes it back as ``fromVersion`` neither misses
+nor repeats a change. Rows the caller may not see (no consent for the scope) are skipped, but the
+version still advances past them. Deletions arrive as ``op: delete``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from ..access import Access, Audience, Scope
+from ..models import FeedPage
+from ..problems import responses
+from .common import allow
+
+router = APIRouter(prefix="/v1", tags=["partner feed"])
+
+TRIP_FIELDS = ("trip_id", "kind", "start_ts", "end_ts", "is_open", "distance_m", "duration_s", "driving_s", "idle_s",
+               "max_speed_kmh", "avg_speed_kmh", "fuel_l", "night_share", "urban_share", "rural_share",
+               "motorway_share")
+EVENT_FIELDS = ("event_id", "trip_id", "kind", "ts", "end_ts", "severity", "peak", "peak_unit", "duration_s")
+LEAD_FIELDS = ("lead_id", "kind", "priority", "reason", "state", "lost_reason", "assigned_to", "created_at",
+               "updated_at", "closed_at")
+
+
+def _iso(v: Any) -> Any:
+    return v.isoformat() if hasattr(v, "isoformat") else v
+
+
+@router.get("/feed", response_model=FeedPage, operation_id="partner_feed",
+            responses=responses(400, 401, 403, 422, 429),
+            summary="Changes since fromVersion (exclusive), oldest first, at most `limit`")
+def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**62),
+                 limit: int = Query(500, ge=1, le=1000),
+                 access: Access = allow("org.feed")) -> dict[str, Any]:
+    c = access.caller
+    dealer = c.audience is Audience.DEALER
+    # The newest version that has committed: everything up to it is final (commit-ordered versions).
+    head = access.conn.execute(
+        "SELECT greatest(coalesce((SELECT max(change_version) FROM trips), 0),"
+        " coalesce((SELECT max(change_version) FROM driving_events), 0),"
+        " coalesce((SELECT max(change_version) FROM leads), 0),"
+        " coalesce((SELECT max(change_version) FROM feed_tombstones), 0)) AS head").fetchone()["head"]
+    p = {"v": from_version, "lim": limit + 1, "org": c.org_id, "head": head}
+    changes: list[dict[str, Any]] = []
+    trip_scope = Scope.TRIP_SUMMARY
+    places_vis, places_params = access.visible_sql(Scope.LOCATION_HISTORY)
+    if not dealer:
+        rows = access.fetch(
+            "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, t.*,"
+            f" EXISTS (SELECT 1 FROM ({places_vis}) lh WHERE lh.vehicle_id = vis.vehicle_id) AS places"
+            " FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id JOIN trips t ON t.device_key ="
+            " d.device_key WHERE t.change_version > %(v)s AND t.change_version <= %(head)s"
+            " ORDER BY t.change_version LIMIT %(lim)s",
+            {**p, **places_params}, scope=trip_scope)
+        for r in rows:
+            data = {k: _iso(r[k]) for k in TRIP_FIELDS} | {"vehicle_id": r["vehicle_id"]}
+            if r["places"]:
+                data |= {"start_lat": r["start_lat"], "start_lon": r["start_lon"], "end_lat": r["end_lat"],
+                         "end_lon": r["end_lon"]}
+            changes.append({"version": r["change_version"], "kind": "trip", "op": "upsert", "id": r["trip_id"],
+                            "data": data})
+        rows = access.fetch(
+            "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, e.* FROM visible vis JOIN devices d"
+            " ON d.vehicle_id = vis.vehicle_id JOIN driving_events e ON e.device_key = d.device_key"
+            " WHERE e.change_version > %(v)s AND e.change_version <= %(head)s ORDER BY e.change_version LIMIT %(lim)s",
+            p, scope=Scope.DRIVING_SCORE)
+        for r in rows:
+            changes.append({"version": r["change_version"], "kind": "event", "op": "upsert", "id": r["event_id"],
+                            "data": {k: _iso(r[k]) for k in EVENT_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
+        tomb = access.fetch(
+            "SELECT DISTINCT ON (t.change_version) vis.vehicle_id, vis.owner_id, vis.purpose, t.* FROM visible vis"
+            " JOIN devices d ON d.vehicle_id = vis.vehicle_id JOIN feed_tombstones t ON t.device_key = d.device_key"
+            " WHERE t.kind IN ('trip', 'event') AND t.change_version > %(v)s AND t.change_version <= %(head)s"
+            " ORDER BY t.change_version LIMIT %(lim)s",
+            p, scope=trip_scope, audit=False)
+        changes += [{"version": r["change_version"], "kind": r["kind"], "op": "delete", "id": r["id"], "data": None}
+                    for r in tomb]
+    else:
+        rows = access.fetch(
+            "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, l.* FROM visible vis JOIN leads l"
+            " ON l.vehicle_id = vis.vehicle_id AND l.org_id = %(org)s"
+            " WHERE l.change_version > %(v)s AND l.change_version <= %(head)s"
+            " ORDER BY l.change_version LIMIT %(lim)s", p, scope=Scope.SERVICE_CONTACT)
+        for r in rows:
+            changes.append({"version": r["change_version"], "kind": "lead", "op": "upsert", "id": r["lead_id"],
+                            "data": {k: _iso(r[k]) for k in LEAD_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
+        tomb = access.conn.execute(
+            "SELECT * FROM feed_tombstones WHERE kind = 'lead' AND org_id = %(org)s"
+            " AND change_version > %(v)s AND change_version <= %(head)s"
+            " ORDER BY change_version LIMIT %(lim)s", p).fetchall()
+        changes += [{"version": r["change_version"], "kind": "lead", "op": "delete", "id": r["id"], "data": None}
+                    for r in tomb]
+    changes.sort(key=lambda ch: ch["version"])
+    has_more = len(changes) > limit
+    changes = changes[:limit]
+    # Full page: resume after its last change. Otherwise every visible change up to head was sent.
+    to_version = changes[-1]["version"] if has_more else max(head, from_version)
+    return {"from_version": from_version, "to_version": to_version, "has_more": has_more, "changes": changes}
