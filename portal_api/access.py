@@ -181,20 +181,22 @@ class Access:
     _audited: set[tuple[int | None, int | None, str]] = field(default_factory=set)
 
     # --- the visible relation ------------------------------------------------------------------------
-    def visible_sql(self, scope: Scope | None = None) -> tuple[str, dict[str, Any]]:
-        """SQL for (vehicle_id, owner_id, purpose): the vehicles readable under ``scope``, now."""
+    def visible_sql(self, scope: Scope | None = None, tag: str = "") -> tuple[str, dict[str, Any]]:
+        """SQL for (vehicle_id, owner_id, purpose): the vehicles readable under ``scope``, now.
+
+        ``tag`` suffixes the parameter names so two visible relations can sit in one statement."""
         scope = scope or self.scope
         if scope is None:
             raise RuntimeError("this endpoint declared no consent scope")
         c = self.caller
         if c.audience is Audience.DRIVER:
             return ("SELECT v.vehicle_id, v.owner_id, 'owner'::text AS purpose FROM vehicles v"
-                    " WHERE v.owner_id = %(_owner)s", {"_owner": c.owner_id})
+                    f" WHERE v.owner_id = %(_owner{tag})s", {f"_owner{tag}": c.owner_id})
         return ("SELECT DISTINCT ON (v.vehicle_id) v.vehicle_id, v.owner_id, c.purpose FROM vehicles v"
                 " JOIN consents c ON c.owner_id = v.owner_id"
-                " WHERE c.org_id = %(_org)s AND %(_scope)s = ANY (c.scopes) AND c.revoked_at IS NULL"
+                f" WHERE c.org_id = %(_org{tag})s AND %(_scope{tag})s = ANY (c.scopes) AND c.revoked_at IS NULL"
                 " AND c.starts_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now())"
-                " ORDER BY v.vehicle_id, c.starts_at DESC", {"_org": c.org_id, "_scope": str(scope)})
+                " ORDER BY v.vehicle_id, c.starts_at DESC", {f"_org{tag}": c.org_id, f"_scope{tag}": str(scope)})
 
     def fetch(self, sql: str, params: dict[str, Any] | None = None, *, scope: Scope | None = None,
               audit: bool = True) -> list[dict[str, Any]]:

@@ -89,6 +89,10 @@ def erase_owner(conn: psycopg.Connection, owner_id: int, requested_by: str = "ow
         dids = [_val(r, "device_id", 1) for r in devs]
         span = conn.execute("SELECT min(ts), max(ts) FROM samples WHERE device_key = ANY (%s)", (dk,)).fetchone()
         params = {"dk": dk, "vid": vids, "oid": owner_id, "dids": dids}
+        # Organisations that were ever granted anything may hold copies: their feeds carry the deletions.
+        recipients = [_val(r, "org_id") for r in conn.execute(
+            "SELECT DISTINCT org_id FROM consents WHERE owner_id = %s", (owner_id,)).fetchall()]
+        mark = conn.execute("SELECT coalesce(max(change_version), 0) AS v FROM feed_tombstones").fetchone()
         backend = _backend(conn)
         steps = list(ERASE_STEPS)
         if backend != "timescaledb":
@@ -98,6 +102,8 @@ def erase_owner(conn: psycopg.Connection, owner_id: int, requested_by: str = "ow
         counts: dict[str, int] = {}
         for table, predicate in steps:
             counts[table] = conn.execute(f"DELETE FROM {table} WHERE {predicate}", params).rowcount
+        conn.execute("UPDATE feed_tombstones SET recipients = %s WHERE device_key = ANY (%s) AND change_version > %s",
+                     (recipients, dk, _val(mark, "v")))
         counts["devices_revoked"] = conn.execute(
             "UPDATE devices SET vehicle_id = NULL, status = 'revoked', revoked_at = coalesce(revoked_at, now()),"
             " password_hash = NULL, note = '' WHERE device_key = ANY (%s)", (dk,)).rowcount

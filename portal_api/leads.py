@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from analytics.dtc_descriptions import describe_dtc_or_none
@@ -115,42 +116,45 @@ def generate_leads(conn: psycopg.Connection, org_id: int, rules: LeadRules = Lea
            " AND c.starts_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now()))"
            + HEALTH_SQL + " ORDER BY v.vehicle_id")
     created = 0
-    with conn.transaction():
-        rows = conn.execute(sql, {"_org": org_id}).fetchall()
-        for r in rows:
-            overview = health_overview(r, now, HealthParams())
-            for c in candidates(overview, now, rules):
-                recent = conn.execute(
-                    "SELECT 1 FROM leads WHERE org_id = %s AND vehicle_id = %s AND kind = %s AND dedupe_key = %s"
-                    " AND (state NOT IN ('visited', 'lost') OR closed_at > %s) LIMIT 1",
-                    (org_id, c.vehicle_id, c.kind, c.dedupe_key,
-                     now - dt.timedelta(days=rules.cooldown_days))).fetchone()
-                if recent is not None:
-                    continue
-                row = conn.execute(
-                    "INSERT INTO leads (org_id, vehicle_id, kind, dedupe_key, priority, reason, detail)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING *",
-                    (org_id, c.vehicle_id, c.kind, c.dedupe_key, c.priority, c.reason, Jsonb(c.detail))).fetchone()
-                if row is None:
-                    continue
-                row = _as_dict(conn, row)
-                conn.execute("INSERT INTO lead_events (lead_id, from_state, to_state, actor) VALUES (%s, NULL, 'new',"
-                             " 'analytics')", (row["lead_id"],))
-                webhooks.enqueue(conn, org_id, "lead.created", lead_payload(row))
-                created += 1
+    factory = conn.row_factory
+    conn.row_factory = dict_row  # pooled connections keep whatever factory their last user set
+    try:
+        with conn.transaction():
+            created = _generate(conn, org_id, sql, rules, now)
+    finally:
+        conn.row_factory = factory
     return created
 
 
-def _as_dict(conn: psycopg.Connection, row: Any) -> dict[str, Any]:
-    if isinstance(row, dict):
-        return row
-    cur_desc = conn.execute("SELECT * FROM leads LIMIT 0").description or []
-    return dict(zip([d.name for d in cur_desc], row, strict=True))
+def _generate(conn: psycopg.Connection, org_id: int, sql: str, rules: LeadRules, now: dt.datetime) -> int:
+    created = 0
+    rows = conn.execute(sql, {"_org": org_id}).fetchall()
+    for r in rows:
+        overview = health_overview(r, now, HealthParams())
+        for c in candidates(overview, now, rules):
+            recent = conn.execute(
+                "SELECT 1 FROM leads WHERE org_id = %s AND vehicle_id = %s AND kind = %s AND dedupe_key = %s"
+                " AND (state NOT IN ('visited', 'lost') OR closed_at > %s) LIMIT 1",
+                (org_id, c.vehicle_id, c.kind, c.dedupe_key,
+                 now - dt.timedelta(days=rules.cooldown_days))).fetchone()
+            if recent is not None:
+                continue
+            row = conn.execute(
+                "INSERT INTO leads (org_id, vehicle_id, kind, dedupe_key, priority, reason, detail)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING *",
+                (org_id, c.vehicle_id, c.kind, c.dedupe_key, c.priority, c.reason, Jsonb(c.detail))).fetchone()
+            if row is None:
+                continue
+            conn.execute("INSERT INTO lead_events (lead_id, from_state, to_state, actor) VALUES (%s, NULL, 'new',"
+                         " 'analytics')", (row["lead_id"],))
+            webhooks.enqueue(conn, org_id, "lead.created", lead_payload(row))
+            created += 1
+    return created
 
 
 def generate_all(conn: psycopg.Connection, rules: LeadRules = LeadRules()) -> dict[int, int]:
-    orgs = [r[0] if not isinstance(r, dict) else r["org_id"]
-            for r in conn.execute("SELECT org_id FROM organisations WHERE kind = 'dealer' ORDER BY org_id").fetchall()]
+    orgs = [r[0] for r in conn.cursor(row_factory=tuple_row).execute(
+        "SELECT org_id FROM organisations WHERE kind = 'dealer' ORDER BY org_id").fetchall()]
     return {org: generate_leads(conn, org, rules) for org in orgs}
 
 

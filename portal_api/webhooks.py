@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def deliver_due(conn: psycopg.Connection, *, timeout_s: float = 5.0, max_attempt
     http = client or httpx.Client(timeout=timeout_s, follow_redirects=False)
     try:
         with conn.transaction():
-            rows = conn.execute(
+            rows = conn.cursor(row_factory=tuple_row).execute(
                 "SELECT d.delivery_id, d.event, d.payload, d.attempts, w.url, w.secret FROM webhook_deliveries d"
                 " JOIN webhooks w ON w.webhook_id = d.webhook_id"
                 " WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND w.active"

@@ -165,7 +165,8 @@ CREATE TABLE feed_tombstones (
     kind           text NOT NULL,
     id             bigint NOT NULL,
     device_key     integer,
-    org_id         bigint,
+    org_id         bigint,                   -- leads: the dealer
+    recipients     bigint[],                 -- erasure: organisations that had consent, to be told
     deleted_at     timestamptz NOT NULL DEFAULT now(),
     change_version bigint NOT NULL
 );
@@ -179,14 +180,13 @@ BEGIN
 END $$;
 
 CREATE FUNCTION vinsight_feed_tombstone() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old_row jsonb := to_jsonb(OLD);   -- TG_ARGV[1] names the id column
 BEGIN
     PERFORM pg_advisory_xact_lock(7340033);
     INSERT INTO feed_tombstones (kind, id, device_key, org_id, change_version)
-    VALUES (TG_ARGV[0],
-            CASE TG_ARGV[0] WHEN 'trip' THEN OLD.trip_id WHEN 'event' THEN OLD.event_id ELSE OLD.lead_id END,
-            CASE WHEN TG_ARGV[0] = 'lead' THEN NULL ELSE OLD.device_key END,
-            CASE WHEN TG_ARGV[0] = 'lead' THEN OLD.org_id ELSE NULL END,
-            nextval('change_version_seq'));
+    VALUES (TG_ARGV[0], (old_row ->> TG_ARGV[1])::bigint, (old_row ->> 'device_key')::integer,
+            (old_row ->> 'org_id')::bigint, nextval('change_version_seq'));
     RETURN OLD;
 END $$;
 
@@ -197,11 +197,11 @@ CREATE TRIGGER driving_events_feed_stamp BEFORE INSERT OR UPDATE ON driving_even
 CREATE TRIGGER leads_feed_stamp BEFORE INSERT OR UPDATE ON leads
     FOR EACH ROW EXECUTE FUNCTION vinsight_feed_stamp();
 CREATE TRIGGER trips_feed_tombstone AFTER DELETE ON trips
-    FOR EACH ROW EXECUTE FUNCTION vinsight_feed_tombstone('trip');
+    FOR EACH ROW EXECUTE FUNCTION vinsight_feed_tombstone('trip', 'trip_id');
 CREATE TRIGGER driving_events_feed_tombstone AFTER DELETE ON driving_events
-    FOR EACH ROW EXECUTE FUNCTION vinsight_feed_tombstone('event');
+    FOR EACH ROW EXECUTE FUNCTION vinsight_feed_tombstone('event', 'event_id');
 CREATE TRIGGER leads_feed_tombstone AFTER DELETE ON leads
-    FOR EACH ROW EXECUTE FUNCTION vinsight_feed_tombstone('lead');
+    FOR EACH ROW EXECUTE FUNCTION vinsight_feed_tombstone('lead', 'lead_id');
 
 CREATE INDEX trips_version_idx ON trips (change_version);
 CREATE INDEX driving_events_version_idx ON driving_events (change_version);

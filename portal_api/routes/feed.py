@@ -48,7 +48,7 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
     p = {"v": from_version, "lim": limit + 1, "org": c.org_id, "head": head}
     changes: list[dict[str, Any]] = []
     trip_scope = Scope.TRIP_SUMMARY
-    places_vis, places_params = access.visible_sql(Scope.LOCATION_HISTORY)
+    places_vis, places_params = access.visible_sql(Scope.LOCATION_HISTORY, tag="_lh")
     if not dealer:
         rows = access.fetch(
             "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, t.*,"
@@ -72,12 +72,15 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
         for r in rows:
             changes.append({"version": r["change_version"], "kind": "event", "op": "upsert", "id": r["event_id"],
                             "data": {k: _iso(r[k]) for k in EVENT_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
-        tomb = access.fetch(
-            "SELECT DISTINCT ON (t.change_version) vis.vehicle_id, vis.owner_id, vis.purpose, t.* FROM visible vis"
-            " JOIN devices d ON d.vehicle_id = vis.vehicle_id JOIN feed_tombstones t ON t.device_key = d.device_key"
-            " WHERE t.kind IN ('trip', 'event') AND t.change_version > %(v)s AND t.change_version <= %(head)s"
-            " ORDER BY t.change_version LIMIT %(lim)s",
-            p, scope=trip_scope, audit=False)
+        # Deletions of what the caller may see now, and of everything erased about an owner who had
+        # granted this organisation anything (the vehicle is gone, so it is no longer "visible").
+        vis, vis_params = access.visible_sql(trip_scope, tag="_t")
+        tomb = access.conn.execute(
+            "SELECT t.* FROM feed_tombstones t WHERE t.kind IN ('trip', 'event')"
+            " AND t.change_version > %(v)s AND t.change_version <= %(head)s"
+            f" AND (%(org)s = ANY (t.recipients) OR EXISTS (SELECT 1 FROM ({vis}) x JOIN devices d"
+            " ON d.vehicle_id = x.vehicle_id WHERE d.device_key = t.device_key))"
+            " ORDER BY t.change_version LIMIT %(lim)s", {**p, **vis_params}).fetchall()
         changes += [{"version": r["change_version"], "kind": r["kind"], "op": "delete", "id": r["id"], "data": None}
                     for r in tomb]
     else:
@@ -90,7 +93,7 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
             changes.append({"version": r["change_version"], "kind": "lead", "op": "upsert", "id": r["lead_id"],
                             "data": {k: _iso(r[k]) for k in LEAD_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
         tomb = access.conn.execute(
-            "SELECT * FROM feed_tombstones WHERE kind = 'lead' AND org_id = %(org)s"
+            "SELECT * FROM feed_tombstones WHERE kind = 'lead' AND (org_id = %(org)s OR %(org)s = ANY (recipients))"
             " AND change_version > %(v)s AND change_version <= %(head)s"
             " ORDER BY change_version LIMIT %(lim)s", p).fetchall()
         changes += [{"version": r["change_version"], "kind": "lead", "op": "delete", "id": r["id"], "data": None}

@@ -101,7 +101,8 @@ def insurer_mileage(vehicle_id: int = Path(ge=1, le=2**62), period: Period = "mo
 
 @router.get("/policyholders/{vehicle_id}/trips", response_model=Page[Trip], operation_id="insurer_trips",
             responses=ERR404, summary="Trip summaries; start/end points only with location_history")
-def insurer_trips(vehicle_id: int = Path(ge=1, le=2**62), since: dt.datetime | None = None, until: dt.datetime | None = None,
+def insurer_trips(vehicle_id: int = Path(ge=1, le=2**62),
+                  since: dt.datetime | None = None, until: dt.datetime | None = None,
                   limit: int = LIMIT, cursor: str | None = CURSOR,
                   access: Access = allow("insurer.policyholders", Scope.TRIP_SUMMARY)) -> Page[Trip]:
     access.require_vehicle(vehicle_id)
@@ -117,7 +118,8 @@ def insurer_trips(vehicle_id: int = Path(ge=1, le=2**62), since: dt.datetime | N
 @router.get("/policyholders/{vehicle_id}/events", response_model=Page[DrivingEvent], operation_id="insurer_events",
             responses=ERR404, summary="Risk events (harsh, speeding, over-revving, idling); places only with "
                                       "location_history")
-def insurer_events(vehicle_id: int = Path(ge=1, le=2**62), since: dt.datetime | None = None, until: dt.datetime | None = None,
+def insurer_events(vehicle_id: int = Path(ge=1, le=2**62),
+                  since: dt.datetime | None = None, until: dt.datetime | None = None,
                    kind: list[Literal["harsh_acceleration", "harsh_braking", "harsh_cornering", "speeding",
                                       "over_revving", "long_idling"]] | None = Query(None),
                    limit: int = LIMIT, cursor: str | None = CURSOR,

@@ -42,7 +42,8 @@ def me_vehicles(access: Access = allow("me", Scope.VEHICLE_HEALTH)) -> list[dict
 
 @router.get("/vehicles/{vehicle_id}/health", response_model=VehicleHealth, operation_id="me_vehicle_health",
             responses=ERR404, summary="One of my vehicles' health: trouble codes, battery, service due")
-def me_vehicle_health(vehicle_id: int = Path(ge=1, le=2**62), access: Access = allow("me", Scope.VEHICLE_HEALTH)) -> dict[str, Any]:
+def me_vehicle_health(vehicle_id: int = Path(ge=1, le=2**62),
+                      access: Access = allow("me", Scope.VEHICLE_HEALTH)) -> dict[str, Any]:
     rows = queries.vehicles_health(access, after=None, limit=1, vehicle_id=vehicle_id)
     if not rows:
         access.require_vehicle(vehicle_id)
@@ -51,7 +52,8 @@ def me_vehicle_health(vehicle_id: int = Path(ge=1, le=2**62), access: Access = a
 
 @router.get("/vehicles/{vehicle_id}/trips", response_model=Page[Trip], operation_id="me_trips", responses=ERR404,
             summary="My trips, newest first, with start and end points")
-def me_trips(vehicle_id: int = Path(ge=1, le=2**62), since: dt.datetime | None = None, until: dt.datetime | None = None,
+def me_trips(vehicle_id: int = Path(ge=1, le=2**62),
+                  since: dt.datetime | None = None, until: dt.datetime | None = None,
              limit: int = LIMIT, cursor: str | None = CURSOR,
              access: Access = allow("me", Scope.TRIP_SUMMARY)) -> Page[Trip]:
     access.require_vehicle(vehicle_id)
@@ -68,7 +70,8 @@ def me_trips(vehicle_id: int = Path(ge=1, le=2**62), since: dt.datetime | None =
 @router.get("/trips/{trip_id}", operation_id="me_trip", responses=ERR404,
             summary="One trip as a GeoJSON Feature (the track) with its events as a FeatureCollection",
             response_model=dict[str, Any])
-def me_trip(trip_id: int = Path(ge=1, le=2**62), access: Access = allow("me", Scope.LOCATION_HISTORY)) -> dict[str, Any]:
+def me_trip(trip_id: int = Path(ge=1, le=2**62),
+            access: Access = allow("me", Scope.LOCATION_HISTORY)) -> dict[str, Any]:
     rows = queries.trips(access, vehicle_id=None, since=None, until=None, cursor=None, limit=1, with_places=True,
                          trip_id=trip_id, with_track=True)
     if not rows:
@@ -87,7 +90,8 @@ def me_trip(trip_id: int = Path(ge=1, le=2**62), access: Access = allow("me", Sc
 
 @router.get("/vehicles/{vehicle_id}/score", response_model=ScoreExplanation, operation_id="me_score",
             responses=ERR404, summary="My score over 30 days, how it is made, and what would raise it")
-def me_score(vehicle_id: int = Path(ge=1, le=2**62), access: Access = allow("me", Scope.DRIVING_SCORE)) -> dict[str, Any]:
+def me_score(vehicle_id: int = Path(ge=1, le=2**62),
+             access: Access = allow("me", Scope.DRIVING_SCORE)) -> dict[str, Any]:
     access.require_vehicle(vehicle_id)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     months = queries.score_periods(access, vehicle_id, "day", since, None)

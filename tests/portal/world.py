@@ -28,6 +28,25 @@ ROLES = {"dealer": ("admin", "analyst", "service_advisor", "sales"), "insurer": 
 OWNERS = ("alice", "bob", "carol", "dave")
 ALL_SCOPES = ["vehicle_health", "service_contact", "driving_score", "mileage", "trip_summary", "location_history"]
 
+# (owner, organisation) -> (scopes, state): every consent state the authorisation matrix needs.
+# state: active, expired (expires_at passed), revoked, future (starts_at not reached).
+CONSENTS: dict[tuple[str, str], tuple[list[str], str]] = {
+    ("alice", "dealer_a"): (["vehicle_health", "service_contact"], "active"),
+    ("alice", "insurer_a"): (["driving_score", "mileage", "trip_summary"], "active"),
+    ("bob", "dealer_a"): (["vehicle_health", "service_contact"], "expired"),
+    ("bob", "insurer_a"): (ALL_SCOPES, "revoked"),
+    ("carol", "insurer_a"): (["driving_score", "mileage", "trip_summary", "location_history"], "active"),
+    ("carol", "dealer_b"): (["vehicle_health", "service_contact"], "active"),
+    ("carol", "dealer_a"): (["driving_score"], "active"),   # a scope no dealer endpoint reads
+    ("dave", "insurer_b"): (["driving_score"], "future"),
+}
+
+
+def visible(owner: str, org: str, scope: str) -> bool:
+    """The oracle: may ``org`` read ``owner``'s vehicle under ``scope``? (Independent of the SQL.)"""
+    scopes, state = CONSENTS.get((owner, org), ([], "absent"))
+    return state == "active" and scope in scopes
+
 
 @dataclass
 class World:
@@ -88,16 +107,10 @@ def build_world(dsn: str) -> World:
             conn.execute("UPDATE vehicles SET make = 'VW', model = 'Golf', model_year = %s WHERE vehicle_id = %s",
                          (2012 + i, vid))
             _seed_vehicle(conn, world, owner, dk, now, i)
-        # Consents in every state the matrix needs.
-        day = dt.timedelta(days=1)
-        grant(conn, world, "alice", "dealer_a", ["vehicle_health", "service_contact"])
-        grant(conn, world, "alice", "insurer_a", ["driving_score", "mileage", "trip_summary"])
-        grant(conn, world, "bob", "dealer_a", ["vehicle_health", "service_contact"], expires=now - day)   # expired
-        grant(conn, world, "bob", "insurer_a", ALL_SCOPES, revoked=True)                                 # revoked
-        grant(conn, world, "carol", "insurer_a", ["driving_score", "mileage", "trip_summary", "location_history"])
-        grant(conn, world, "carol", "dealer_b", ["vehicle_health", "service_contact"])
-        grant(conn, world, "carol", "dealer_a", ["driving_score"])                                       # wrong scope
-        grant(conn, world, "dave", "insurer_b", ["driving_score"], starts=now + day)                     # not yet
+        for (owner, org), (scopes, state) in CONSENTS.items():
+            day = dt.timedelta(days=1)
+            grant(conn, world, owner, org, scopes, expires=now - day if state == "expired" else None,
+                  starts=now + day if state == "future" else None, revoked=state == "revoked")
     return world
 
 
@@ -109,15 +122,16 @@ def _seed_vehicle(conn: psycopg.Connection, world: World, owner: str, dk: int, n
         ts = start + dt.timedelta(seconds=s)
         rows.append((dk, ts, boot, s, 10_000, 50.0 + i, 2000.0, 45.0 + i * 0.01, 7.0 + i * 0.01, 12.4))
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO samples (device_key, ts, boot_id, seq, interval_ms, speed, rpm, latitude, longitude,"
-                        " battery_voltage) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
-    conn.execute("INSERT INTO device_status (device_key, state, last_seen, last_sample_ts) VALUES (%s, 'online', %s, %s)",
-                 (dk, now, start + dt.timedelta(seconds=590)))
+        cur.executemany("INSERT INTO samples (device_key, ts, boot_id, seq, interval_ms, speed, rpm, latitude,"
+                        " longitude, battery_voltage) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    conn.execute("INSERT INTO device_status (device_key, state, last_seen, last_sample_ts)"
+                 " VALUES (%s, 'online', %s, %s)", (dk, now, start + dt.timedelta(seconds=590)))
     for d in range(3):
         bucket = (now - dt.timedelta(days=d)).replace(hour=0, minute=0, second=0)
         for table in ("samples_daily", "samples_hourly"):
             conn.execute(f"INSERT INTO {table} (device_key, bucket, samples, distance_km, driving_s, idle_s,"
-                         " max_speed_kmh, fuel_l, first_ts, last_ts) VALUES (%s, %s, 600, %s, 3600, 60, 120, 4, %s, %s)",
+                         " max_speed_kmh, fuel_l, first_ts, last_ts)"
+                         " VALUES (%s, %s, 600, %s, 3600, 60, 120, 4, %s, %s)",
                          (dk, bucket, 40.0 + i, bucket, bucket + dt.timedelta(hours=1)))
     trips = []
     for t in range(2):
@@ -132,7 +146,8 @@ def _seed_vehicle(conn: psycopg.Connection, world: World, owner: str, dk: int, n
         tid = row["trip_id"]
         trips.append(tid)
         conn.execute("INSERT INTO driving_events (device_key, trip_id, kind, ts, end_ts, lat, lon, severity, peak,"
-                     " peak_unit, duration_s) VALUES (%s, %s, 'harsh_braking', %s, %s, 45.005, 7.005, 2, -4.1, 'm/s2', 2)",
+                     " peak_unit, duration_s)"
+                     " VALUES (%s, %s, 'harsh_braking', %s, %s, 45.005, 7.005, 2, -4.1, 'm/s2', 2)",
                      (dk, tid, ts0 + dt.timedelta(minutes=5), ts0 + dt.timedelta(minutes=5, seconds=2)))
         expl = {"score": 70 + i, "components": [
             {"name": "braking", "sub_score": 60.0, "applied": True, "weight": 0.5},
