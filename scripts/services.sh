@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the real services the tests talk to are installed and running on this machine:
-# PostgreSQL on 127.0.0.1:5432 (trust auth for local tests), Mosquitto on 127.0.0.1:1883, and the
-# gpsd tools (gpsfake) the GPS tests replay NMEA logs through. Safe to run again: it only installs
-# what is missing and only starts what is not listening.
+# PostgreSQL on 127.0.0.1:5432 (trust auth for local tests), Mosquitto on 127.0.0.1:1883, the
+# gpsd tools (gpsfake) the GPS tests replay NMEA logs through, and Debian's Chromium that the web
+# portal tests drive headless through Playwright (never a downloaded browser). Safe to run again:
+# it only installs what is missing and only starts what is not listening.
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -12,6 +13,7 @@ missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v gpsfake >/dev/null 2>&1 || missing+=(gpsd gpsd-clients)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "services: installing ${missing[*]}"
   as_root apt-get update -qq

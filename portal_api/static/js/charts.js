@@ -15,7 +15,7 @@ function yAxis(svg, yMax, ticks, fmt) {
   for (let i = 0; i <= ticks; i++) {
     const v = (yMax * i) / ticks;
     const y = M.top + ih - (v / yMax) * ih;
-    svg.append(s("line", { x1: M.left, x2: W - M.right, y1: y, y2: y, class: "grid" }),
+    svg.append(s("line", { x1: M.left, x2: W - M.right, y1: y, y2: y, class: "gridline" }),
       s("text", { x: M.left - 6, y: y + 4, class: "tick", "text-anchor": "end" }, fmt(v)));
   }
 }
@@ -46,7 +46,12 @@ export function lineChart(points, { label, testid, yMax = 100 } = {}) {
     if (y !== null) {
       svg.append(s("circle", { cx: x, cy: y, r: 4, class: "dot" }, s("title", {}, `${p.label}: ${p.value}`)));
     }
-    if (i % every === 0) svg.append(s("text", { x, y: H - 8, class: "tick", "text-anchor": "middle" }, p.label));
+    if (i % every === 0 || i === points.length - 1) {
+      let anchor = "middle";  // the first and last labels stay inside the frame
+      if (points.length > 1 && i === 0) anchor = "start";
+      else if (points.length > 1 && i === points.length - 1) anchor = "end";
+      svg.append(s("text", { x, y: H - 8, class: "tick", "text-anchor": anchor }, p.label));
+    }
   });
   return svg;
 }

@@ -7,6 +7,8 @@ function setAttrs(el, attrs) {
     if (value === null || value === undefined || value === false) continue;
     if (key.startsWith("on") && typeof value === "function") {
       el.addEventListener(key.slice(2), value);
+    } else if (key === "style") {
+      el.style.cssText = value;  // through the CSSOM: allowed under a strict Content-Security-Policy
     } else if (key === "testid") {
       el.setAttribute("data-testid", value);
     } else {
@@ -66,6 +68,10 @@ export function fmtNum(value, digits = 1) {
 
 export function fmtKm(km, digits = 1) {
   return km === null || km === undefined ? "—" : `${fmtNum(km, digits)} km`;
+}
+
+export function fmtSpeed(kmh) {
+  return kmh === null || kmh === undefined ? "—" : `${fmtNum(kmh, 0)} km/h`;
 }
 
 export function fmtDuration(seconds) {
@@ -139,8 +145,12 @@ export function section(title, testid, load, { level = "h2", intro = null } = {}
   return el;
 }
 
+function cellClass(column) {
+  return [column.num ? "num" : "", column.nowrap ? "nowrap" : ""].join(" ").trim() || null;
+}
+
 /**
- * A table. columns: [{ label, cell: (row) => node | text, num: bool }]; rows get
+ * A table. columns: [{ label, cell: (row) => node | text, num: bool, nowrap: bool }]; rows get
  * data-testid = rowTestid and data-id = rowId(row) when given.
  */
 export function table({ caption, columns, rows, testid, rowTestid, rowId, empty = "Nothing to show." }) {
@@ -148,7 +158,7 @@ export function table({ caption, columns, rows, testid, rowTestid, rowId, empty 
   const render = (items) => {
     for (const row of items) {
       tbody.append(h("tr", { testid: rowTestid, "data-id": rowId ? rowId(row) : null },
-        columns.map((c) => h("td", { class: c.num ? "num" : null }, c.cell(row)))));
+        columns.map((c) => h("td", { class: cellClass(c) }, c.cell(row)))));
     }
   };
   render(rows);
@@ -156,7 +166,7 @@ export function table({ caption, columns, rows, testid, rowTestid, rowId, empty 
   const wrap = h("div", { class: "table-wrap" },
     h("table", { testid },
       caption ? h("caption", { class: "visually-hidden" }, caption) : null,
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, c.label)))),
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: cellClass(c) }, c.label)))),
       tbody),
     rows.length ? null : emptyNote);
   wrap.addRows = (items) => {
