@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from analytics.geo import haversine_m, haversine_m_reference
+from analytics.geo import haversine_m, haversine_m_reference, within_m
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ def gps_fix_mask_kernel(
             c_count = 0
             continue
         dt_s = (t - a_ts) / 1000.0
-        if haversine_m(a_lat, a_lon, la, lo) <= max_speed_mps * dt_s:
+        if within_m(a_lat, a_lon, la, lo, max_speed_mps * dt_s):
             out[i] = True
             a_lat, a_lon, a_ts, a_last_ts = la, lo, t, t
             c_count = 0
@@ -135,7 +135,7 @@ def gps_fix_mask_kernel(
         # Rejected as a jump: count it toward a re-anchor if it agrees with the previous rejects.
         if c_count > 0:
             cdt = (t - c_ts) / 1000.0
-            if cdt > 0.0 and haversine_m(c_lat, c_lon, la, lo) <= max_speed_mps * cdt:
+            if cdt > 0.0 and within_m(c_lat, c_lon, la, lo, max_speed_mps * cdt):
                 c_count += 1
             else:
                 c_count = 1

@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--loop", action="store_true", help="repeat every interval_s until Ctrl-C")
     run.add_argument("--device", action="append", default=None, metavar="DEVICE_ID",
                      help="only these devices (repeatable)")
+    run.add_argument("--heatmap", action="store_true",
+                     help="also recompute the k-anonymous fleet heatmap cells of the days touched (daily job)")
     run.set_defaults(func=_run)
 
 
@@ -36,7 +38,8 @@ def _run(args: argparse.Namespace) -> int:
                                                (args.device,)).fetchall()]
     while True:
         r = run_once(s.db_url, device_keys=keys, vehicles_per_batch=s.vehicles_per_batch,
-                     max_window_days=s.max_window_days, place_horizon_days=s.place_horizon_days, tz=s.timezone)
+                     max_window_days=s.max_window_days, place_horizon_days=s.place_horizon_days, tz=s.timezone,
+                     heatmap=args.heatmap)
         print(f"analytics: {r.vehicles} vehicle(s), {r.samples} samples, {r.trips} trips, {r.events} events "
               f"(read {r.read_s:.2f} s, compute {r.compute_s:.2f} s, write {r.write_s:.2f} s, "
               f"places {r.places_s:.2f} s)", flush=True)

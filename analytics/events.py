@@ -105,7 +105,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from analytics.geo import EARTH_RADIUS_M
+from analytics.geo import EARTH_RADIUS_M, py_mod
 
 G_MS2 = 9.80665
 
@@ -387,7 +387,7 @@ def lateral_accel_kernel(ts_ms: np.ndarray, course_deg: np.ndarray, gps_speed_km
             j = k
             unwrapped[k] = course_deg[i]
             continue
-        d = (course_deg[i] - course_deg[idx[k - 1]]) % 360.0
+        d = py_mod(course_deg[i] - course_deg[idx[k - 1]], 360.0)
         if d >= 180.0:
             d -= 360.0
         unwrapped[k] = unwrapped[k - 1] + d

@@ -326,17 +326,25 @@ def assess_battery(daily: pd.DataFrame, params: HealthParams = HealthParams()) -
     """Weak-battery verdict from :func:`battery_daily` rows (use many days for the trend)."""
     if daily.empty:
         return BatteryAssessment(False, (), "ok", None, None, None, None, None, daily)
-    last_day = int(daily["day_index"].max())
-    window = daily[daily["day_index"] > last_day - params.trend_window_days]
-    days = window["day_index"].to_numpy()
-    resting = window["resting_v"].to_numpy(dtype=np.float64)
-    crank = window["crank_min_v"].to_numpy(dtype=np.float64)
+    return _assess_days(daily["day_index"].to_numpy(), daily["resting_v"].to_numpy(dtype=np.float64),
+                        daily["crank_min_v"].to_numpy(dtype=np.float64), daily["running_v"].to_numpy(dtype=np.float64),
+                        daily["running_samples"].to_numpy(), params, daily)
+
+
+def _assess_days(day_index: np.ndarray, resting_all: np.ndarray, crank_all: np.ndarray, running_v: np.ndarray,
+                 running_samples: np.ndarray, params: HealthParams, daily: pd.DataFrame) -> BatteryAssessment:
+    """:func:`assess_battery` on the daily columns as arrays (shared by the per-vehicle and fleet paths)."""
+    last_day = int(day_index.max())
+    window = day_index > last_day - params.trend_window_days
+    days = day_index[window]
+    resting = resting_all[window]
+    crank = crank_all[window]
     resting_known = resting[~np.isnan(resting)]
     crank_known = crank[~np.isnan(crank)]
     resting_v = float(resting_known[-1]) if len(resting_known) else None
     crank_min = float(crank_known.min()) if len(crank_known) else None
-    charging_days = window[window["running_samples"] >= params.charging_min_samples]
-    charging_v = float(charging_days["running_v"].iloc[-1]) if len(charging_days) else None
+    charging = running_v[window][running_samples[window] >= params.charging_min_samples]
+    charging_v = float(charging[-1]) if len(charging) else None
     rest_slope = _slope_per_day(days, resting, params.trend_min_days)
     crank_slope = _slope_per_day(days, crank, params.trend_min_days)
     reasons: list[str] = []
@@ -365,6 +373,106 @@ def battery_health(ts_ms: np.ndarray, rpm: np.ndarray, speed: np.ndarray, voltag
                    params: HealthParams = HealthParams()) -> BatteryAssessment:
     """:func:`battery_daily` then :func:`assess_battery` over one vehicle's samples (days to weeks)."""
     return assess_battery(battery_daily(ts_ms, rpm, speed, voltage, params), params)
+
+
+@numba.njit(cache=True)
+def battery_days_kernel(ts_ms: np.ndarray, bounds: np.ndarray, rpm: np.ndarray, speed: np.ndarray,
+                        voltage: np.ndarray, hold_ms: float, pre_ms: float, post_ms: float, rest_ms: float,
+                        offset_ms: int) -> np.ndarray:
+    """:func:`battery_daily` of many vehicles at once, as one float matrix.
+
+    Why: ``battery_daily`` groups a vehicle's readings by day with Python dicts and builds a DataFrame, ~4 ms
+    per vehicle, more than reading its day from the database. Rows ``bounds[v]:bounds[v + 1]`` are vehicle
+    ``v``'s samples; per vehicle this runs the same engine-state and battery kernels. Returns one row per
+    (vehicle, day) with a reading, by vehicle then day: (vehicle, day_index, resting_v, resting_samples,
+    crank_min_v, starts, running_v, running_samples), medians and minima as ``battery_daily`` computes them.
+    """
+    out = np.empty((len(ts_ms), 8))
+    k = 0
+    for v in range(len(bounds) - 1):
+        a, b = bounds[v], bounds[v + 1]
+        if b == a:
+            continue
+        ts = ts_ms[a:b]
+        volt = voltage[a:b]
+        on = engine_state_kernel(ts, rpm[a:b], speed[a:b], hold_ms)
+        resting, starts, crank = battery_kernel(ts, on, volt, pre_ms, post_ms, rest_ms)
+        n = b - a
+        day = (ts + offset_ms) // MS_PER_DAY
+        i = 0
+        s = 0
+        values = np.empty(n)
+        while i < n:
+            j = i
+            while j < n and day[j] == day[i]:
+                j += 1
+            n_rest = 0
+            for q in range(i, j):
+                if resting[q]:
+                    values[n_rest] = volt[q]
+                    n_rest += 1
+            rest_med = np.median(values[:n_rest]) if n_rest else np.nan
+            n_starts = 0
+            lo = np.inf
+            while s < len(starts) and starts[s] < j:
+                n_starts += 1
+                if crank[s] == crank[s] and crank[s] < lo:
+                    lo = crank[s]
+                s += 1
+            n_run = 0
+            for q in range(i, j):
+                if on[q] == 1 and volt[q] == volt[q]:
+                    values[n_run] = volt[q]
+                    n_run += 1
+            run_med = np.median(values[:n_run]) if n_run else np.nan
+            if n_rest or n_starts or n_run:
+                row = out[k]
+                row[0] = v
+                row[1] = day[i]
+                row[2] = rest_med
+                row[3] = n_rest
+                row[4] = lo if lo < np.inf else np.nan
+                row[5] = n_starts
+                row[6] = run_med
+                row[7] = n_run
+                k += 1
+            i = j
+    return out[:k].copy()
+
+
+def battery_health_fleet(ts_ms: np.ndarray, bounds: np.ndarray, rpm: np.ndarray, speed: np.ndarray,
+                         voltage: np.ndarray, params: HealthParams = HealthParams()) -> list[BatteryAssessment]:
+    """:func:`battery_health` of every vehicle (rows ``bounds[v]:bounds[v + 1]``), one kernel call for all.
+
+    The reference is :func:`battery_health` per vehicle: same verdicts, same ``daily`` rows.
+    """
+    bounds = np.ascontiguousarray(bounds, dtype=np.int64)
+    f64 = np.float64
+    rows = battery_days_kernel(np.ascontiguousarray(ts_ms, dtype=np.int64), bounds,
+                               np.ascontiguousarray(rpm, dtype=f64), np.ascontiguousarray(speed, dtype=f64),
+                               np.ascontiguousarray(voltage, dtype=f64), params.rpm_hold_s * 1000.0,
+                               params.crank_pre_s * 1000.0, params.crank_post_s * 1000.0, params.rest_after_s * 1000.0,
+                               int(params.day_utc_offset_h * 3_600_000))
+    epoch = dt.date(1970, 1, 1)
+    day_index = rows[:, 1].astype(np.int64)
+    fleet = pd.DataFrame({
+        "day": [epoch + dt.timedelta(days=int(d)) for d in day_index], "day_index": day_index,
+        "resting_v": rows[:, 2], "resting_samples": rows[:, 3].astype(np.int64), "crank_min_v": rows[:, 4],
+        "starts": rows[:, 5].astype(np.int64), "running_v": rows[:, 6], "running_samples": rows[:, 7].astype(np.int64),
+    })
+    cuts = np.searchsorted(rows[:, 0], np.arange(len(bounds)), side="left")
+    running_samples = fleet["running_samples"].to_numpy()
+    out = []
+    for v in range(len(bounds) - 1):
+        a, b = int(cuts[v]), int(cuts[v + 1])
+        daily = fleet.iloc[a:b]
+        daily.index = pd.RangeIndex(b - a)  # battery_daily's index, without reset_index's copy
+        if a == b:
+            out.append(BatteryAssessment(False, (), "ok", None, None, None, None, None, daily))
+        else:
+            out.append(_assess_days(day_index[a:b], rows[a:b, 2], rows[a:b, 4], rows[a:b, 6], running_samples[a:b],
+                                    params, daily))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ Stages, each its own module with its own ``*Params`` (documented SI defaults):
 
 Fleet-level and long-horizon stages (places, routes, heatmaps, period scores) run over the tables
 this pipeline writes, in :mod:`analytics.runner`. Everything here is arrays in, DataFrames and
-dataclasses out: no database, so the same function serves ``vinsight analytics run``, notebooks and
-the benchmarks.
+dataclasses out: no database, so the same function serves notebooks, tests and the library API.
+For many vehicles at once (``vinsight analytics run``, the benchmarks), :mod:`analytics.batch` runs
+stages 1–4 over all of them in one numba pass with identical results, without the per-vehicle
+DataFrames and dataclasses that dominate this function's cost.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .cleaning import CleaningParams
 from .events import EventParams, detect_events
 from .geofences import GeofenceParams, Geofences, geofence_visits
 from .health import BatteryAssessment, CoolantAssessment, HealthParams, battery_health, coolant_health
+from .heatmaps import HeatmapParams
 from .scores import ScoreExplanation, ScoreParams, eco_score, trip_score
 from .trips import TripParams, detect_trips
 
@@ -47,6 +50,7 @@ class PipelineParams:
     scores: ScoreParams = field(default_factory=ScoreParams)
     health: HealthParams = field(default_factory=HealthParams)
     geofences: GeofenceParams = field(default_factory=GeofenceParams)
+    heatmap: HeatmapParams = field(default_factory=HeatmapParams)
     speed_limits: Any = None  # GeoJSON FeatureCollection of LineStrings with a maxspeed (km/h) property
 
 

@@ -3,7 +3,9 @@
 Analytics reads whole vehicle-days (86,400 rows at 1 Hz). Fetching them as Python tuples costs
 ~1 µs per value; ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` hands over the server's binary
 rows, and :func:`parse_copy_kernel` walks them once into one float64 matrix (NaN for NULL) plus
-the int64 timestamps and device keys. The plain-Python :func:`parse_copy_reference` is the
+the int64 timestamps and device keys. The matrix is column-major (Fortran order), because the
+analytics stages read whole columns: each is then a contiguous view, not a strided copy. The
+plain-Python :func:`parse_copy_reference` is the
 statement the tests hold the kernel to.
 
 Every selected column must be ``real``, ``double precision`` (signals), ``integer`` (device key)
@@ -34,7 +36,7 @@ class SampleFrame:
 
     device_key: np.ndarray  # int64
     ts_ms: np.ndarray  # int64
-    values: np.ndarray  # float64 (n, len(signals)); NaN = absent
+    values: np.ndarray  # float64 (n, len(signals)), column-major (a column is contiguous); NaN = absent
     signals: tuple[str, ...]
 
     def __len__(self) -> int:
@@ -106,7 +108,7 @@ def parse_copy_kernel(data: np.ndarray, kinds: np.ndarray):
         if nf == -1:
             break
         if nf != n_fields:
-            return 1, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, m))
+            return 1, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((m, 0)).T
         for _f in range(n_fields):
             ln = _be_int(data, p, 4)
             p += 4
@@ -115,7 +117,9 @@ def parse_copy_kernel(data: np.ndarray, kinds: np.ndarray):
         rows += 1
     keys = np.empty(rows, dtype=np.int64)
     ts = np.empty(rows, dtype=np.int64)
-    values = np.full((rows, m), np.nan)
+    # Column-major: the analytics stages read whole columns, which are then contiguous views.
+    columns = np.full((m, rows), np.nan)
+    values = columns.T
     p = pos
     for r in range(rows):
         p += 2

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from analytics.cleaning import CleaningParams, clean_gps_fixes
-from analytics.geo import haversine_m, haversine_m_reference
+from analytics.geo import EARTH_RADIUS_M, haversine_m, haversine_m_reference, py_mod, within_m
 
 # Petrol: stoichiometric air/fuel mass ratio and density, to turn MAF (g air/s) into litres of fuel.
 STOICHIOMETRIC_AFR_PETROL = 14.7
@@ -224,7 +224,7 @@ def movement_trips_kernel(ts_ms: np.ndarray, lat: np.ndarray, lon: np.ndarray, u
             if usable[i] and not have_stop:
                 have_stop = True
                 s_lat, s_lon = lat[i], lon[i]
-            if moving == 1 and v != v and haversine_m(s_lat, s_lon, lat[i], lon[i]) <= stop_radius_m:
+            if moving == 1 and v != v and within_m(s_lat, s_lon, lat[i], lon[i], stop_radius_m):
                 moving = 0  # GPS-only motion that has not left the stop: jitter or a glitch, not a trip
             if moving == 1:
                 in_trip = True
@@ -237,7 +237,7 @@ def movement_trips_kernel(ts_ms: np.ndarray, lat: np.ndarray, lon: np.ndarray, u
             last_moving = i
         stopped = moving == 0 and t - ts_ms[last_moving] >= stop_ms
         if usable[i]:
-            if not have_anchor or haversine_m(a_lat, a_lon, lat[i], lon[i]) > stop_radius_m:
+            if not have_anchor or not within_m(a_lat, a_lon, lat[i], lon[i], stop_radius_m):
                 have_anchor = True
                 a_lat, a_lon, a_ts = lat[i], lon[i], t
             elif moving != 1 and t - a_ts >= stop_ms:
@@ -367,6 +367,8 @@ def trip_metrics_kernel(
         n_fix = 0
         first_fix = -1
         prev = -1
+        p_prev = 0.0
+        cos_prev = 1.0
         spd_d = 0.0
         spd_cov = 0.0
         n_spd = 0
@@ -395,17 +397,25 @@ def trip_metrics_kernel(
         for i in range(s, e + 1):
             t = ts_ms[i]
             if usable[i]:
+                # haversine_m(lat[prev], lon[prev], lat[i], lon[i]) term for term, with the previous fix's
+                # radians and cosine kept instead of recomputed: the same floating-point operations, one cos less.
+                p_i = math.radians(lat[i])
+                cos_i = math.cos(p_i)
                 if prev < 0:
                     first_fix = i
                 else:
                     dt_ms = t - ts_ms[prev]
-                    d = haversine_m(lat[prev], lon[prev], lat[i], lon[i])
+                    dl = math.radians(lon[i] - lon[prev])
+                    hav = math.sin((p_i - p_prev) / 2) ** 2 + cos_prev * cos_i * math.sin(dl / 2) ** 2
+                    d = 2.0 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(hav)))
                     if dt_ms > 0 and d <= max_speed_mps * (dt_ms / 1000.0):
                         gps_d += d
                     if dt_ms <= hold_ms:
                         gps_cov += dt_ms / 1000.0
                 n_fix += 1
                 prev = i
+                p_prev = p_i
+                cos_prev = cos_i
             v_i = speed_kmh[i]
             if v_i == v_i:
                 if vmax != vmax or v_i > vmax:
@@ -456,7 +466,7 @@ def trip_metrics_kernel(
                 continue
             dt = dt_ms / 1000.0
             driving += dt
-            tod = (t / 1000.0 + local_offset_s[i]) % 86400.0
+            tod = py_mod(t / 1000.0 + local_offset_s[i], 86400.0)
             if night_start_s > night_end_s:
                 is_night = tod >= night_start_s or tod < night_end_s
             else:

@@ -2,9 +2,12 @@
 
 1,000 simulated vehicles (realistic drives, calm / aggressive / night-commuter styles) x one day
 at 1 Hz are loaded into a fresh database with ingest's own binary COPY, then ``analytics.runner``
-runs once over all of them: it reads every vehicle's day by binary COPY (analytics.reader) and runs
-the whole per-vehicle pipeline (cleaning, trips, events, scores, health). The runner times its
-phases itself; the target is compute <= 20 % of read time. Median of ``--runs`` runs (the derived
+runs once over all of them, in batches of 200 vehicles: it reads the batch's samples by binary COPY
+(analytics.reader), analyses them with the fleet-wide batch path (analytics.batch: cleaning, trips,
+events, trip and eco scores in one numba pass; battery health in one kernel; coolant, tracks) and
+writes trips, events, scores, day scores, health and marks with COPY / set-based statements, one
+transaction per batch. The runner times its phases itself; the target is compute <= 20 % of read
+time (single-threaded kernels; ``--threads`` to try more). Median of ``--runs`` runs (the derived
 tables and marks are cleared between runs).
 
     python bench/analytics_fleet.py [--vehicles 1000] [--runs 3] [--quick]
@@ -87,6 +90,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=DAY_S)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="100 vehicles, 1 run")
+    ap.add_argument("--threads", type=int, default=1, help="threads for the batch kernels")
     args = ap.parse_args()
     if args.quick:
         args.vehicles, args.runs = 100, 1
@@ -105,13 +109,15 @@ def main() -> int:
         reads, computes, writes = [], [], []
         for run in range(args.runs):
             clear_derived(db_url)
-            r = run_once(db_url, vehicles_per_batch=200, place_horizon_days=0)
+            r = run_once(db_url, vehicles_per_batch=200, place_horizon_days=0, threads=args.threads)
             reads.append(r.read_s)
             computes.append(r.compute_s)
             writes.append(r.write_s)
             print(f"run {run + 1}: {r.vehicles} vehicles, {r.samples:,} samples, {r.trips} trips, {r.events} events;"
                   f" read {r.read_s:.2f} s, compute {r.compute_s:.2f} s, write {r.write_s:.2f} s", flush=True)
         read, compute, write = (statistics.median(x) for x in (reads, computes, writes))
+        shares = ", ".join(f"{c / r:.3f}" for c, r in zip(computes, reads, strict=True))
+        print(f"compute/read per run: {shares}")
         print(f"read_s={read:.2f} compute_s={compute:.2f} write_s={write:.2f} "
               f"compute_share_of_read={compute / read:.2f}")
         return 0

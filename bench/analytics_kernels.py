@@ -13,17 +13,21 @@ two-fix jumps back to a fixed wrong position 2 km away (about one per 10 min, PO
 rare 8-fix excursions 3 km off (one per ~5 h) that force the cleaner to re-anchor twice. Generation is not timed
 and nothing is cached on disk.
 
-Numba path, per vehicle, the public API the pipeline calls: ``detect_trips`` (which runs ``clean_gps_fixes``),
-``detect_events``, ``trip_score`` for every trip and ``period_score`` for the vehicle; warmed up first (compile
-or cache load), median of ``--runs`` runs. Its per-stage times are printed, and, for information, the same
-kernels called directly on the arrays (no DataFrames, no scores) to show how much of the path is wrapper cost.
+Numba path: the fleet-wide batch path (``analytics.batch.analyse_fleet``): every vehicle's samples as one set of
+concatenated arrays with per-vehicle offsets (built before timing, as the pandas path's DataFrame is), one numba
+pass over all vehicles (cleaning, trips, events, eco shares), then every trip's and vehicle's safety score in a
+second kernel; Python objects are not built at all. Single thread for the headline figure (the pandas path runs
+on one core too); for information, the same on ``--threads`` threads, and the per-vehicle public API
+(``detect_trips``, ``detect_events``, ``trip_score`` per trip, ``period_score``: the path this replaced, one run).
+Warmed up first (compile or cache load), median of ``--runs`` runs.
 Pandas path: ``_pandas_reference.run_pipeline`` on one DataFrame of all vehicles (built before timing). If one
 full run would take longer than ``--pandas-budget-s`` (estimated from a first run on a ``--pandas-subset``
 of whole vehicles), it is timed on that subset (3 runs, median) and its per-sample throughput is used as the
-full run's; the output says which. An equivalence check on ``--check-vehicles`` vehicles compares the two paths
-(usable fixes, trips, distances, events per kind, trip and period scores) and prints the differences.
+full run's; the output says which. Two equivalence checks on ``--check-vehicles`` vehicles: batch against the
+per-vehicle public API (must be identical: trips and events DataFrames, every score explanation), and numba
+against pandas (usable fixes, trips, distances, events per kind, trip and period scores); differences are printed.
 
-    python bench/analytics_kernels.py [--quick] [--samples 10000000] [--days 2] [--runs 3]
+    python bench/analytics_kernels.py [--quick] [--samples 10000000] [--days 2] [--runs 3] [--threads 2]
 
 Last line: ``numba_samples_per_s=<N> pandas_samples_per_s=<P> ratio=<N/P>``.
 """
@@ -45,26 +49,18 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analytics.cleaning import CleaningParams, clean_gps_fixes
-from analytics.events import (
-    EVENT_KINDS,
-    EventParams,
-    detect_events,
-    idle_indicator_kernel,
-    lateral_accel_kernel,
-    longitudinal_accel_kernel,
-    speeding_threshold_kernel,
-    threshold_runs_kernel,
+from analytics.batch import (
+    FleetAnalysis,
+    analyse_fleet,
+    events_frame,
+    period_explanation,
+    trip_safety_explanation,
+    trips_frame,
 )
+from analytics.cleaning import clean_gps_fixes
+from analytics.events import EVENT_KINDS, detect_events
 from analytics.scores import ScoreExplanation, period_score, trip_score
-from analytics.trips import (
-    DISTANCE_SOURCES,
-    TripParams,
-    detect_trips,
-    local_offsets_s,
-    movement_trips_kernel,
-    trip_metrics_kernel,
-)
+from analytics.trips import detect_trips
 from bench import _pandas_reference as ref
 from vinsight.fleet_simulator import FleetSimulator
 
@@ -138,6 +134,22 @@ def fleet_frame(tracks: Sequence[VehicleArrays]) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+FleetArrays = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]
+
+
+def fleet_arrays(tracks: Sequence[VehicleArrays]) -> FleetArrays:
+    """All tracks as the batch path's input: (ts_ms, per-vehicle offsets, signal columns), concatenated."""
+    bounds = np.concatenate(([0], np.cumsum([len(a["ts_ms"]) for a in tracks]))).astype(np.int64)
+    return (np.concatenate([a["ts_ms"] for a in tracks]), bounds,
+            {name: np.concatenate([a[name] for a in tracks]) for name in SIGNALS})
+
+
+def numba_batch(fleet: FleetArrays, threads: int = 1) -> FleetAnalysis:
+    """Cleaning, trips, events, trip scores and period scores of every vehicle: the fleet-wide batch path."""
+    ts, bounds, columns = fleet
+    return analyse_fleet(ts, bounds, columns, threads=threads)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Numba path
 
@@ -173,51 +185,6 @@ def numba_vehicle(a: VehicleArrays, stage_s: dict[str, float] | None = None) -> 
     return trips, events, trip_scores, vehicle_score
 
 
-def numba_kernels_only(a: VehicleArrays, tp: TripParams = TripParams(), cp: CleaningParams = CleaningParams(),  # noqa: B008
-                       ep: EventParams = EventParams()) -> int:  # noqa: B008
-    """The same kernels as :func:`numba_vehicle` called directly on the arrays: no DataFrames, no scores.
-
-    For information only: it shows what the array work costs against the DataFrame/score wrappers around it.
-    Returns the number of trips + events (so nothing is optimised away).
-    """
-    ts, lat, lon = a["ts_ms"], a["latitude"], a["longitude"]
-    n = len(ts)
-    usable = clean_gps_fixes(ts, lat, lon, a["hdop"], a["satellites"], a["fix_mode"], cp)
-    speed = np.where(np.isnan(a["speed"]), a["gps_speed"], a["speed"])
-    starts, ends = movement_trips_kernel(ts, lat, lon, usable, speed, tp.moving_speed_kmh, tp.stop_radius_m,
-                                         tp.stop_duration_s, tp.max_gap_s)
-    order = np.array([DISTANCE_SOURCES.index(s) for s in tp.distance_source_order], dtype=np.int64)
-    table = trip_metrics_kernel(ts, starts, ends, lat, lon, usable, speed, a["rpm"], np.full(n, np.nan),
-                                a["fuel_rate"], a["maf"], local_offsets_s(ts, tp), cp.max_speed_mps, tp.max_hold_s,
-                                tp.min_distance_coverage, order, tp.night_start_h * 3600.0, tp.night_end_h * 3600.0,
-                                tp.urban_max_kmh, tp.rural_max_kmh, tp.motorway_min_s)
-    found = len(table)
-    gps = np.where(a["gps_speed"] > ep.max_plausible_speed_kmh, np.nan, a["gps_speed"])
-    lt, la = ep.obd_longitudinal, ep.lateral
-    accel, origin = longitudinal_accel_kernel(ts, a["speed"], lt.window_s, lt.max_gap_s,
-                                              ep.max_plausible_longitudinal_ms2)
-    for sign, thr in ((1.0, lt.accel_ms2), (-1.0, lt.brake_ms2)):
-        found += len(threshold_runs_kernel(ts, accel, np.array([thr]), sign, origin, lt.release_fraction,
-                                           lt.min_duration_s * 1000.0, lt.max_gap_s * 1000.0)[0])
-    lateral, origin = lateral_accel_kernel(ts, a["course"], gps, a["speed"], la.window_s, la.max_gap_s,
-                                           la.min_speed_kmh, la.max_plausible_ms2, ep.max_plausible_speed_kmh)
-    found += len(threshold_runs_kernel(ts, np.abs(lateral), np.array([la.lateral_ms2]), 1.0, origin,
-                                       la.release_fraction, la.min_duration_s * 1000.0, la.max_gap_s * 1000.0)[0])
-    best = np.where(np.isnan(a["speed"]), gps, a["speed"])
-    no_origin = np.empty(0, dtype=np.int64)
-    threshold = speeding_threshold_kernel(np.full(n, np.nan), ep.speeding_relative_tolerance,
-                                          ep.speeding_relative_below_kmh, ep.speeding_absolute_tolerance_kmh,
-                                          ep.absolute_speed_bands_kmh[0])
-    found += len(threshold_runs_kernel(ts, best, threshold, 1.0, no_origin, 1.0, ep.speeding_min_duration_s * 1000.0,
-                                       ep.speeding_max_gap_s * 1000.0)[0])
-    found += len(threshold_runs_kernel(ts, a["rpm"], np.array([ep.over_rev_rpm]), 1.0, no_origin, 1.0,
-                                       ep.over_rev_min_duration_s * 1000.0, ep.state_max_gap_s * 1000.0)[0])
-    idle = idle_indicator_kernel(a["rpm"], best, ep.idle_min_rpm, ep.idle_max_speed_kmh)
-    found += len(threshold_runs_kernel(ts, idle, np.array([1.0]), 1.0, no_origin, 1.0,
-                                       ep.idle_min_duration_s * 1000.0, ep.state_max_gap_s * 1000.0)[0])
-    return found
-
-
 def timed_runs(work: Callable[[], object], runs: int) -> list[float]:
     """Wall seconds of ``runs`` calls of ``work`` (garbage collected before each)."""
     out = []
@@ -245,6 +212,34 @@ def _max_abs_diff(a: Sequence[float], b: Sequence[float]) -> float:
             continue
         worst = max(worst, math.inf if (math.isnan(x) or math.isnan(y)) else abs(x - y))
     return worst
+
+
+def batch_equivalence_check(tracks: Sequence[VehicleArrays]) -> list[str]:
+    """The batch path against the per-vehicle public API on the same vehicles: must be identical."""
+    fa = numba_batch(fleet_arrays(tracks))
+    differ: list[str] = []
+    trips_n = events_n = scores_n = 0
+    for v, a in enumerate(tracks):
+        trips, events, scores, vehicle_score = numba_vehicle(a)
+        bt = trips_frame(fa, v).rename(columns={"start_ts_ms": "start_ms", "end_ts_ms": "end_ms"})
+        be = events_frame(fa, v).drop(columns=["trip_index"])
+        trips_n += len(trips)
+        events_n += len(events)
+        if not bt.equals(trips):
+            differ.append(f"vehicle {v}: trips")
+        if not be.equals(events):
+            differ.append(f"vehicle {v}: events")
+        for t, score in enumerate(scores):
+            scores_n += 1
+            if trip_safety_explanation(fa, v, t) != score.as_dict():
+                differ.append(f"vehicle {v}: trip {t} score")
+        scores_n += 1
+        if period_explanation(fa, v) != vehicle_score.as_dict():
+            differ.append(f"vehicle {v}: period score")
+    lines = [f"  {len(tracks)} vehicles, {trips_n} trips, {events_n} events, {scores_n} score explanations compared "
+             "exactly (every column, every component)"]
+    lines.append("  -> " + ("IDENTICAL" if not differ else "DIFFERENCES: " + ", ".join(differ[:10])))
+    return lines
 
 
 def equivalence_check(tracks: Sequence[VehicleArrays]) -> list[str]:
@@ -329,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--runs", type=int, default=None, help="numba runs (default 3, --quick 1)")
     ap.add_argument("--check-vehicles", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="threads for the informational parallel batch run")
     ap.add_argument("--pandas-budget-s", type=float, default=300.0,
                     help="longest acceptable single full pandas run; beyond it, time a subset and extrapolate")
     ap.add_argument("--pandas-subset", type=int, default=1_000_000, help="samples (whole vehicles) in that subset")
@@ -346,27 +342,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start (other jobs may run); "
           f"generation {gen_s:.1f} s (not timed)")
 
+    fleet = fleet_arrays(tracks)
     t0 = time.perf_counter()
     numba_vehicle(tracks[0])
-    numba_kernels_only(tracks[0])
-    print(f"numba warm-up (compile / cache load, one vehicle): {time.perf_counter() - t0:.2f} s (not timed)")
+    numba_batch(fleet_arrays(tracks[:2]), threads=1)
+    numba_batch(fleet_arrays(tracks[:2]), threads=2)
+    print(f"numba warm-up (compile / cache load, two vehicles): {time.perf_counter() - t0:.2f} s (not timed)")
 
     check = tracks[: args.check_vehicles]
+    print(f"equivalence check, batch path vs per-vehicle public API on {len(check)} vehicles:")
+    for line in batch_equivalence_check(check):
+        print(line)
     print(f"equivalence check, numba vs pandas on {len(check)} vehicles:")
     for line in equivalence_check(check):
         print(line)
 
-    stage_s: dict[str, float] = {}
-    numba_s = timed_runs(lambda: [numba_vehicle(a, stage_s) for a in tracks], runs)
+    numba_s = timed_runs(lambda: numba_batch(fleet, 1), runs)
     numba_med = statistics.median(numba_s)
     numba_rate = n / numba_med
-    stages = ", ".join(f"{k} {v / runs:.2f} s" for k, v in stage_s.items())
-    print(f"numba path (public API, per vehicle): runs {', '.join(f'{s:.2f}' for s in numba_s)} s; median "
-          f"{numba_med:.2f} s = {numba_rate:,.0f} samples/s; per run: {stages}")
-    kernel_s = timed_runs(lambda: [numba_kernels_only(a) for a in tracks], runs)
-    kernel_med = statistics.median(kernel_s)
-    print(f"numba kernels alone (information: same kernels on the arrays, no DataFrames, no scores): median "
-          f"{kernel_med:.2f} s = {n / kernel_med:,.0f} samples/s")
+    result = numba_batch(fleet, 1)
+    print(f"numba batch path (1 thread): runs {', '.join(f'{s:.2f}' for s in numba_s)} s; median {numba_med:.2f} s = "
+          f"{numba_rate:,.0f} samples/s ({len(result.trips):,} trips, {len(result.events):,} events, "
+          f"{len(result.trip_scores):,} trip scores, {result.vehicles} period scores)")
+    if args.threads > 1:
+        par_s = timed_runs(lambda: numba_batch(fleet, args.threads), runs)
+        par_med = statistics.median(par_s)
+        print(f"numba batch path on {args.threads} threads (information; the machine has {os.cpu_count()} cores, "
+              f"shared): median {par_med:.2f} s = {n / par_med:,.0f} samples/s")
+    stage_s: dict[str, float] = {}
+    per_vehicle_s = timed_runs(lambda: [numba_vehicle(a, stage_s) for a in tracks], 1)[0]
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in stage_s.items())
+    print(f"numba per-vehicle public API (information: the path the batch replaces; 1 run): {per_vehicle_s:.2f} s = "
+          f"{n / per_vehicle_s:,.0f} samples/s; {stages}")
 
     df = fleet_frame(tracks)
     sub_vehicles = int(np.searchsorted(np.cumsum([len(a["ts_ms"]) for a in tracks]), args.pandas_subset) + 1)

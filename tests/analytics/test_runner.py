@@ -187,3 +187,100 @@ def test_the_library_takes_dataframes_and_geodataframes():
         assert len(other.trips) == len(direct.trips)
         assert other.trips["distance_m"].to_numpy() == pytest.approx(direct.trips["distance_m"].to_numpy(), rel=1e-6)
         assert len(other.events) == len(direct.events)
+
+
+def test_stored_rows_are_the_per_vehicle_results(db):
+    """The runner's batch path and batched writes store exactly what analyse_vehicle computes from the same
+    samples: trip columns, score explanations (safety and eco), events, battery health, day scores."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from analytics.reader import read_samples
+    from analytics.runner import _jsonable
+    from analytics.scores import period_score
+
+    now = int(time.time() * 1000)
+    ingest(db, "batch-a", drive_samples(FIXTURE, now - 3 * 3_600_000))
+    ingest(db, "batch-b", drive_samples(FIXTURE, now - 28 * 3_600_000))
+    report = run_once(db, vehicles_per_batch=1)  # one transaction per vehicle here; the same result as one batch
+    assert report.vehicles == 2
+    with psycopg.connect(db) as conn:
+        keys = dict(conn.execute("SELECT device_id, device_key FROM devices").fetchall())
+        for device in ("batch-a", "batch-b"):
+            key = keys[device]
+            frame = read_samples(conn, [key], datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC),
+                                 SIGNALS)
+            direct = analyse_vehicle(frame.ts_ms, frame.values, frame.signals)
+            trips = conn.execute(
+                "SELECT t.distance_m, t.duration_s, t.driving_s, t.max_speed_kmh, t.distance_source, s.score,"
+                " s.eco_score, s.explanation FROM trips t JOIN scores s USING (trip_id) WHERE t.device_key = %s"
+                " ORDER BY t.start_ts", (key,)).fetchall()
+            assert len(trips) == len(direct.trips) >= 1
+            for k, row in enumerate(trips):
+                want = direct.trips.iloc[k]
+                assert row[:4] == (want["distance_m"], want["duration_s"], want["driving_s"], want["max_speed_kmh"])
+                assert row[4] == want["distance_source"]
+                assert row[7] == _jsonable({"safety": direct.trip_scores[k].as_dict(),
+                                            "eco": direct.eco_scores[k].as_dict()})
+                assert row[5] == direct.trip_scores[k].score and row[6] == direct.eco_scores[k].score
+            events = conn.execute("SELECT kind, peak, severity FROM driving_events WHERE device_key = %s"
+                                  " ORDER BY ts, kind", (key,)).fetchall()
+            assert sorted(events) == sorted(zip(direct.events["kind"], direct.events["peak"],
+                                                direct.events["severity"], strict=True))
+            battery = conn.execute("SELECT battery FROM vehicle_health WHERE device_key = %s", (key,)).fetchone()[0]
+            assert battery == _jsonable({k: v for k, v in dataclasses.asdict(direct.battery).items() if k != "daily"})
+            day_start, day = conn.execute("SELECT period_start, explanation FROM scores WHERE device_key = %s"
+                                          " AND scope = 'day' ORDER BY period_start LIMIT 1", (key,)).fetchone()
+            lo = day_start.timestamp() * 1000
+            trips_df = direct.trips.rename(columns={"start_ts_ms": "start_ms", "end_ts_ms": "end_ms"})
+            of_day = trips_df[(trips_df["start_ms"] >= lo) & (trips_df["start_ms"] < lo + 86_400_000)]
+            stored_ids = conn.execute("SELECT trip_id FROM trips WHERE device_key = %s AND start_ts >= %s"
+                                      " AND start_ts < %s + interval '1 day' ORDER BY start_ts",
+                                      (key, day_start, day_start)).fetchall()
+            assert day["trip_ids"] == [t for (t,) in stored_ids]
+            expected = period_score(of_day, direct.events.assign(trip_id=direct.events["trip_index"]),
+                                    period_days=1.0)
+            assert day["distance_m"] == expected.distance_m and day["score"] == expected.score
+
+
+def test_heatmap_cells_and_dealer_visits_are_written(db):
+    """Five cars on the same road: the day's cells are released (k = 5) and stored; with k = 6 none are. A dealer
+    fence around the area gives visits flagged as service visits by the dwell rule, readable from the view."""
+    from datetime import UTC, datetime, timedelta
+
+    from psycopg.types.json import Jsonb
+
+    from analytics.heatmaps import HeatmapParams
+    from analytics.pipeline import PipelineParams
+    from analytics.runner import update_heatmap
+
+    now = int(time.time() * 1000)
+    samples = drive_samples(FIXTURE, now - 2 * 3_600_000)
+    lats = [s.values["latitude"] for s in samples if "latitude" in s.values]
+    lons = [s.values["longitude"] for s in samples if "longitude" in s.values]
+    w, e, s_, n = min(lons) - 0.01, max(lons) + 0.01, min(lats) - 0.01, max(lats) + 0.01
+    box = [[w, s_], [e, s_], [e, n], [w, n], [w, s_]]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("INSERT INTO geofences (kind, name, geometry) VALUES ('dealer', 'Dealer Quito', %s)",
+                     (Jsonb({"type": "Polygon", "coordinates": [box]}),))
+    for i in range(5):
+        ingest(db, f"heat-{i}", samples)
+    report = run_once(db, heatmap=True)
+    assert report.vehicles == 5 and report.heatmap_s > 0
+    day = datetime.fromtimestamp(samples[0].ts_ms / 1000, UTC).date()
+    with psycopg.connect(db, autocommit=True) as conn:
+        cells = conn.execute("SELECT count(*), min(vehicles), min(fixes) FROM heatmap_cells WHERE day = %s",
+                             (day,)).fetchone()
+        assert cells[0] >= 2 and cells[1] == 5 and cells[2] >= 5
+        stored = conn.execute("SELECT released_cells, suppressed_cells FROM heatmap_days WHERE day = %s",
+                              (day,)).fetchone()
+        assert stored == (cells[0], 0)
+        visits = conn.execute("SELECT device_id, dwell_s, service_visit FROM dealer_visits_view").fetchall()
+        assert len(visits) >= 5
+        assert all(service == (dwell is not None and dwell >= 900.0) for _, dwell, service in visits)
+        start = datetime.combine(day, datetime.min.time(), UTC)
+        released = update_heatmap(conn, start + timedelta(hours=1), PipelineParams(heatmap=HeatmapParams(
+            k_min_vehicles=6)))
+        assert released == 0
+        assert conn.execute("SELECT count(*) FROM heatmap_cells WHERE day = %s", (day,)).fetchone()[0] == 0
+        assert conn.execute("SELECT suppressed_cells FROM heatmap_days WHERE day = %s", (day,)).fetchone()[0] >= 2
