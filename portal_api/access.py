@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import psycopg
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -71,10 +75,12 @@ PERMISSIONS: dict[str, frozenset[tuple[Audience, str]]] = {
     "dealer.service.write": frozenset({(_D, "admin"), (_D, "service_advisor")}),
     "insurer.policyholders": frozenset({(_I, "admin"), (_I, "analyst"), (_I, "underwriter")}),
     "insurer.portfolio": frozenset({(_I, "admin"), (_I, "analyst"), (_I, "underwriter")}),
+    "dealer.admin": frozenset({(_D, "admin")}),
     "org.admin": frozenset({(_D, "admin"), (_I, "admin")}),
     "org.feed": frozenset({(_D, "admin"), (_D, "analyst"), (_I, "admin"), (_I, "analyst"), (_I, "underwriter")}),
     "org.read": frozenset({(a, r) for a in (_D, _I) for r in ROLES_BY_AUDIENCE[a]}),
     "me": frozenset({(_O, "driver")}),
+    "any": frozenset({(a, r) for a in (_D, _I, _O) for r in ROLES_BY_AUDIENCE[a]}),
 }
 
 
@@ -121,6 +127,7 @@ class PortalState:
     pool: ConnectionPool
     limiter: RateLimiter
     login_limiter: RateLimiter
+    gate: anyio.Semaphore | None = None  # admission to the pool for guarded requests (see guard)
 
 
 def state(request: Request) -> PortalState:
@@ -179,6 +186,7 @@ class Access:
     scope: Scope | None
     action: str
     _audited: set[tuple[int | None, int | None, str]] = field(default_factory=set)
+    _pending: list[tuple[str, int | None, int | None, int, str]] = field(default_factory=list)
 
     # --- the visible relation ------------------------------------------------------------------------
     def visible_sql(self, scope: Scope | None = None, tag: str = "") -> tuple[str, dict[str, Any]]:
@@ -246,39 +254,91 @@ class Access:
         self.record(scope, [(o, v, n, p) for (o, v), (n, p) in counts.items()])
 
     def record(self, scope: Scope, entries: Sequence[tuple[int | None, int | None, int, str]]) -> None:
-        """Audit rows (owner, vehicle, records, purpose) for one read."""
+        """Audit rows (owner, vehicle, records, purpose) for one read.
+
+        Kept until :meth:`flush_audit`, which the guard calls before it commits the request's
+        transaction: the rows land in the same transaction as the reads, in one statement whatever
+        the number of reads and vehicles (a dealer overview page audits dozens, under two scopes)."""
+        self._pending.extend((str(scope), o, v, n, p) for o, v, n, p in entries)
+
+    def flush_audit(self) -> None:
+        """Write the audit rows recorded so far (one INSERT), in the current transaction."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
         c = self.caller
-        # One statement whatever the page size: a dealer overview page audits dozens of vehicles.
         self.conn.execute(
             "INSERT INTO audit_log (actor_kind, actor_id, actor_label, org_id, scope, action, owner_id, vehicle_id,"
-            " records, purpose) SELECT %s, %s, %s, %s, %s, %s, o, v, n, p"
-            " FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[]) AS x(o, v, n, p)",
-            (c.kind, c.id, c.label, c.org_id, str(scope), self.action, [e[0] for e in entries],
-             [e[1] for e in entries], [e[2] for e in entries], [e[3] for e in entries]))
+            " records, purpose) SELECT %s, %s, %s, %s, s, %s, o, v, n, p"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[], %s::text[]) AS x(s, o, v, n, p)",
+            (c.kind, c.id, c.label, c.org_id, self.action, [e[0] for e in pending], [e[1] for e in pending],
+             [e[2] for e in pending], [e[3] for e in pending], [e[4] for e in pending]))
 
 
-def guard(permission: str, scope: Scope | None = None) -> Callable[..., Iterator[Access]]:
-    """The dependency every data endpoint takes (see the module docstring)."""
+def _open(request: Request, allowed: frozenset[tuple[Audience, str]], permission: str,
+          scope: Scope | None) -> tuple[AbstractContextManager[psycopg.Connection], Access]:
+    """Steps 1-4 in a worker thread: a pooled connection (its transaction), the caller, the checks."""
+    st = state(request)
+    cm = st.pool.connection()
+    conn = cm.__enter__()
+    try:
+        conn.row_factory = dict_row
+        caller = authenticate(conn, st, request)
+        if (caller.audience, caller.role) not in allowed:
+            raise Problem(403, "forbidden", f"Your role '{caller.role}' ({caller.audience}) may not use "
+                          f"'{permission}'.")
+        wait = st.limiter.take(caller.client_key)
+        if wait > 0:
+            raise Problem(429, "rate-limited", f"Too many requests; retry in {wait:.1f} s.",
+                          headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+        route = request.scope.get("route")
+        action = getattr(route, "operation_id", None) or getattr(route, "name", None) or request.url.path
+        return cm, Access(caller, conn, scope, action)
+    except BaseException as exc:
+        cm.__exit__(type(exc), exc, exc.__traceback__)  # rolls back, returns the connection
+        raise
+
+
+def _close(cm: AbstractContextManager[psycopg.Connection], access: Access) -> None:
+    """Step 5 and the commit: the request's audit rows, then its transaction (rolled back on error)."""
+    try:
+        access.flush_audit()
+    except BaseException as exc:
+        cm.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    cm.__exit__(None, None, None)
+
+
+def guard(permission: str, scope: Scope | None = None) -> Callable[..., AsyncIterator[Access]]:
+    """The dependency every data endpoint takes (see the module docstring).
+
+    The blocking work (pool, queries) runs in worker threads, but the wait for one of the pool's
+    connections happens here, on the event loop, behind a semaphore of the pool's size. Waiting in
+    a worker thread instead (a sync dependency) deadlocks under load: once more requests wait for a
+    connection than there are worker threads, the requests holding the connections find no thread
+    to run their endpoint in, and everything stalls until the pool times out.
+    """
     allowed = PERMISSIONS[permission]
 
-    def dependency(request: Request) -> Iterator[Access]:
+    async def dependency(request: Request) -> AsyncIterator[Access]:
         st = state(request)
-        with st.pool.connection() as conn:
-            conn.row_factory = dict_row
-            caller = authenticate(conn, st, request)
-            if (caller.audience, caller.role) not in allowed:
-                raise Problem(403, "forbidden", f"Your role '{caller.role}' ({caller.audience}) may not use "
-                              f"'{permission}'.")
-            wait = st.limiter.take(caller.client_key)
-            if wait > 0:
-                raise Problem(429, "rate-limited", f"Too many requests; retry in {wait:.1f} s.",
-                              headers={"Retry-After": str(max(1, int(wait + 0.999)))})
-            route = request.scope.get("route")
-            action = getattr(route, "operation_id", None) or getattr(route, "name", None) or request.url.path
-            yield Access(caller, conn, scope, action)
+        if st.gate is None:
+            st.gate = anyio.Semaphore(st.pool.max_size)
+        async with st.gate:
+            cm, access = await run_in_threadpool(_open, request, allowed, permission, scope)
+            # As FastAPI exits sync dependencies: shielded, and without waiting for thread capacity.
+            try:
+                yield access
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(cm.__exit__, type(exc), exc, exc.__traceback__,
+                                                   limiter=anyio.CapacityLimiter(1))
+                raise
+            else:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_close, cm, access, limiter=anyio.CapacityLimiter(1))
 
     dependency.__name__ = f"guard_{permission.replace('.', '_')}"
     dependency.permission = permission  # type: ignore[attr-defined]  # read by the authorisation matrix test
     dependency.scope = scope  # type: ignore[attr-defined]
     return dependency
-

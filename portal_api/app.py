@@ -40,7 +40,7 @@ VINsight's portal API for dealers, insurers and the driver's app.
 
 
 class BackgroundJobs:
-    """Lead generation and webhook delivery every ``jobs_interval_s`` in one daemon thread."""
+    """Lead generation, visit detection and webhook delivery every ``jobs_interval_s`` in one daemon thread."""
 
     def __init__(self, settings: PortalSettings, pool: ConnectionPool) -> None:
         self.settings, self.pool = settings, pool
@@ -52,10 +52,11 @@ class BackgroundJobs:
         rules = leads.LeadRules(trade_in_km=s.trade_in_km, trade_in_age_years=s.trade_in_age_years)
         with self.pool.connection() as conn:
             created = leads.generate_all(conn, rules)
+            visited = leads.close_visited(conn)
         with self.pool.connection() as conn:
             delivered = webhooks.deliver_due(conn, timeout_s=s.webhook_timeout_s, max_attempts=s.webhook_max_attempts,
                                              backoff_s=s.webhook_backoff_s)
-        return {"leads_created": created, "webhooks": delivered}
+        return {"leads_created": created, "leads_visited": visited, "webhooks": delivered}
 
     def _loop(self) -> None:
         while not self.stop.wait(self.settings.jobs_interval_s):
@@ -63,6 +64,34 @@ class BackgroundJobs:
                 self.run_once()
             except Exception:
                 log.exception("background job failed; retrying next interval")
+
+
+class SecurityHeaders:
+    """Plain ASGI middleware (cheaper than ``@app.middleware``): CSP for the web portals, no caching
+    of personal data, no MIME sniffing, no referrer."""
+
+    def __init__(self, app: Any, csp: str) -> None:
+        self.app = app
+        self.csp = csp.encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+        if not path.startswith("/api/docs"):  # Swagger UI loads its assets from a CDN
+            extra.append((b"content-security-policy", self.csp))
+        if path.startswith("/v1/"):
+            extra.append((b"cache-control", b"no-store"))  # personal data stays out of caches
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [h for h in extra if h[0] not in names]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(settings: PortalSettings | None = None, *, start_jobs: bool | None = None) -> FastAPI:
@@ -87,6 +116,12 @@ def create_app(settings: PortalSettings | None = None, *, start_jobs: bool | Non
     app = FastAPI(title="VINsight portal API", version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     problems.install(app)
+
+    tiles = settings.map_tiles_url.split("/{", 1)[0] if settings.map_tiles_url else ""
+    csp = ("default-src 'self'; img-src 'self' data:" + (f" {tiles}" if tiles else "")
+           + "; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+    app.add_middleware(SecurityHeaders, csp=csp)
     for router in API_ROUTERS:
         app.include_router(router)
 

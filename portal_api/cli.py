@@ -76,6 +76,19 @@ def _serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"background_jobs": False})
     logging.basicConfig(level=logging.INFO)
     print(f"portal on http://{settings.host}:{settings.port}/  (API docs: /api/docs)", flush=True)
+    if args.workers > 1:
+        # Worker processes build their own app from the environment: hand them the overrides.
+        import os
+
+        os.environ["VINSIGHT_PORTAL_DB_URL"] = settings.db_url
+        if args.no_jobs:
+            os.environ["VINSIGHT_PORTAL_BACKGROUND_JOBS"] = "false"
+        # One signing key for all workers (tokens from one must work on the others): the configured
+        # one, else the random one this process drew, valid until the portal restarts.
+        os.environ["VINSIGHT_PORTAL_JWT_SECRET"] = settings.jwt_secret
+        uvicorn.run("portal_api.app:create_app", factory=True, workers=args.workers, host=settings.host,
+                    port=settings.port, log_level="warning", access_log=False)
+        return 0
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                 access_log=False)
     return 0

@@ -346,3 +346,18 @@ class ApiKey(BaseModel):
     created_at: str
     revoked_at: str | None = None
     key: str | None = Field(None, description="The full key; only in the response that created it")
+
+
+class SiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "Workshop Nord", "geometry": {"type": "Polygon", "coordinates": [[
+            [7.600, 45.070], [7.604, 45.070], [7.604, 45.073], [7.600, 45.073], [7.600, 45.070]]]}}]})
+    name: str = Field(min_length=1, max_length=200)
+    geometry: Json = Field(description="GeoJSON Polygon or MultiPolygon (WGS84) around the site")
+
+
+class Site(BaseModel):
+    site_id: int
+    name: str
+    geometry: Json
+    area_m2: float

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -67,6 +68,13 @@ def install(app: FastAPI) -> None:
         codes = {404: "not-found", 405: "method-not-allowed", 401: "not-authenticated"}
         code = codes.get(exc.status_code, "http-error")
         return _response(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(psycopg.DataError)
+    async def _data(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # Input PostgreSQL cannot store (a NUL character in text, a date out of its range): the
+        # request's fault, whichever field it was in.
+        return _response(request, 422, "unstorable-value", "A value in the request cannot be stored (for "
+                         f"example a NUL character in text): {str(exc).splitlines()[0][:200]}")
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

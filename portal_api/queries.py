@@ -15,12 +15,14 @@ from analytics.health import HealthParams, service_due
 from .access import Access, Scope
 from .geojson import point
 
+# One pass over the daily rollups gives the distance recorded and the distance since the last service
+# (the service row is read first); open trouble codes come through the partial index of open episodes.
 HEALTH_SQL = """
 SELECT v.vehicle_id, v.vin, v.make, v.model, v.model_year, vis.owner_id, vis.purpose,
        dev.device_keys, dev.last_seen, dev.online,
        coalesce(roll.distance_km, 0) AS distance_recorded_km, roll.first_day,
        svc.serviced_at, svc.odometer_km AS service_odometer_km,
-       coalesce(since.distance_km, 0) AS distance_since_service_km,
+       coalesce(roll.since_service_km, 0) AS distance_since_service_km,
        h.battery, h.coolant, h.leads AS health_leads, h.computed_at AS health_computed_at,
        coalesce(dtc.open_dtcs, '[]'::jsonb) AS open_dtcs
 FROM visible vis
@@ -31,14 +33,12 @@ LEFT JOIN LATERAL (
     FROM devices d LEFT JOIN device_status ds ON ds.device_key = d.device_key
     WHERE d.vehicle_id = v.vehicle_id) dev ON true
 LEFT JOIN LATERAL (
-    SELECT sum(r.distance_km) AS distance_km, min(r.bucket) AS first_day
-    FROM samples_daily r WHERE r.device_key = ANY (dev.device_keys)) roll ON true
-LEFT JOIN LATERAL (
     SELECT s.serviced_at, s.odometer_km FROM service_records s WHERE s.vehicle_id = v.vehicle_id
     ORDER BY s.serviced_at DESC LIMIT 1) svc ON true
 LEFT JOIN LATERAL (
-    SELECT sum(r.distance_km) AS distance_km FROM samples_daily r
-    WHERE r.device_key = ANY (dev.device_keys) AND r.bucket >= date_trunc('day', svc.serviced_at)) since ON true
+    SELECT sum(r.distance_km) AS distance_km, min(r.bucket) AS first_day,
+           sum(r.distance_km) FILTER (WHERE r.bucket >= date_trunc('day', svc.serviced_at)) AS since_service_km
+    FROM samples_daily r WHERE r.device_key = ANY (dev.device_keys)) roll ON true
 LEFT JOIN LATERAL (
     SELECT hh.* FROM vehicle_health hh WHERE hh.device_key = ANY (dev.device_keys)
     ORDER BY hh.computed_at DESC LIMIT 1) h ON true
@@ -49,9 +49,23 @@ LEFT JOIN LATERAL (
     FROM dtc_episodes e WHERE e.device_key = ANY (dev.device_keys) AND e.cleared_at IS NULL) dtc ON true
 """
 
+# The owner's contact details beside a page of HEALTH_SQL rows, where the owner granted the contact
+# scope (a second visible relation in the same statement).
+_CONTACT_SQL = """
+SELECT hv.*, con.owner_id AS contact_owner_id, con.purpose AS contact_purpose, o.display_name AS contact_name,
+       o.email AS contact_email
+FROM ({health}) hv
+LEFT JOIN ({visible}) con ON con.vehicle_id = hv.vehicle_id
+LEFT JOIN owners o ON o.owner_id = con.owner_id
+ORDER BY hv.vehicle_id
+"""
+
+
+_DATES = (dt.datetime, dt.date)  # a tuple: isinstance is quicker with it than with a union, per value
+
 
 def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, dt.datetime | dt.date) else value
+    return value.isoformat() if isinstance(value, _DATES) else value
 
 
 DEFAULT_HEALTH = HealthParams()
@@ -90,7 +104,12 @@ def health_overview(row: dict[str, Any], now: dt.datetime, params: HealthParams 
 
 
 def vehicles_health(access: Access, *, after: int | None, limit: int, vehicle_id: int | None = None,
-                    scope: Scope = Scope.VEHICLE_HEALTH) -> list[dict[str, Any]]:
+                    scope: Scope = Scope.VEHICLE_HEALTH, contact: Scope | None = None) -> list[dict[str, Any]]:
+    """Health of the visible vehicles in id order (``limit`` + 1 rows fetched, all audited).
+
+    With ``contact``, each item also has ``owner``: the owner's id, name and e-mail where the owner
+    granted ``contact`` to the caller, else None; read in the same statement and audited under
+    ``contact`` for the first ``limit`` items (the page)."""
     where, params = [], {"limit": limit + 1}
     if after is not None:
         where.append("v.vehicle_id > %(after)s")
@@ -99,24 +118,43 @@ def vehicles_health(access: Access, *, after: int | None, limit: int, vehicle_id
         where.append("v.vehicle_id = %(vid)s")
         params["vid"] = vehicle_id
     sql = HEALTH_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY v.vehicle_id LIMIT %(limit)s"
+    if contact is not None:
+        vis_c, params_c = access.visible_sql(contact, tag="_c")
+        sql = _CONTACT_SQL.format(health=sql, visible=vis_c)
+        params.update(params_c)
     rows = access.fetch(sql, params, scope=scope)
     now = dt.datetime.now(dt.UTC)
-    return [health_overview(r, now) for r in rows]
+    out = [health_overview(r, now) for r in rows]
+    if contact is not None:
+        access.audit_rows([{"vehicle_id": r["vehicle_id"], "owner_id": r["contact_owner_id"],
+                            "purpose": r["contact_purpose"]} for r in rows[:limit]
+                           if r["contact_owner_id"] is not None], contact)
+        for item, r in zip(out, rows, strict=True):
+            item["owner"] = None if r["contact_owner_id"] is None else {
+                "owner_id": r["contact_owner_id"], "display_name": r["contact_name"], "email": r["contact_email"]}
+    return out
 
 
 TRIP_COLUMNS = ("trip_id", "vehicle_id", "kind", "start_ts", "end_ts", "is_open", "distance_m", "distance_source",
                 "duration_s", "driving_s", "idle_s", "max_speed_kmh", "avg_speed_kmh", "fuel_l", "night_share",
                 "urban_share", "rural_share", "motorway_share")
+# what trips() reads from the trips table (vehicle_id comes from the visible relation)
+_TRIP_READ = (*(c for c in TRIP_COLUMNS if c != "vehicle_id"), "start_lat", "start_lon", "end_lat", "end_lon")
 
 
 def trips(access: Access, *, vehicle_id: int | None, since: dt.datetime | None, until: dt.datetime | None,
           cursor: list[Any] | None, limit: int, with_places: bool, scope: Scope = Scope.TRIP_SUMMARY,
           trip_id: int | None = None, with_track: bool = False) -> list[dict[str, Any]]:
-    """Trips newest first (keyset on start_ts, trip_id); coordinates only when ``with_places``."""
+    """Trips newest first (keyset on start_ts, trip_id); coordinates only when ``with_places``.
+
+    Each visible device contributes its newest ``limit`` + 1 matching trips (an ordered index scan,
+    not a sort of its whole history), and only the columns the response uses are read: the track
+    only when ``with_track``."""
     where = ["t.kind = 'movement'"]
+    outer: list[str] = []
     params: dict[str, Any] = {"limit": limit + 1}
     if vehicle_id is not None:
-        where.append("vis.vehicle_id = %(vid)s")
+        outer.append("vis.vehicle_id = %(vid)s")
         params["vid"] = vehicle_id
     if trip_id is not None:
         where.append("t.trip_id = %(tid)s")
@@ -130,10 +168,13 @@ def trips(access: Access, *, vehicle_id: int | None, since: dt.datetime | None, 
     if cursor is not None:
         where.append("(t.start_ts, t.trip_id) < (%(c_ts)s::timestamptz, %(c_id)s)")
         params["c_ts"], params["c_id"] = cursor
+    cols = ", ".join(f"t.{c}" for c in (*_TRIP_READ, "track") if with_track or c != "track")
     sql = (f"SELECT vis.vehicle_id, vis.owner_id, vis.purpose, t.*"
            f" FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id"
-           f" JOIN trips t ON t.device_key = d.device_key WHERE {' AND '.join(where)}"
-           f" ORDER BY t.start_ts DESC, t.trip_id DESC LIMIT %(limit)s")
+           f" CROSS JOIN LATERAL (SELECT {cols} FROM trips t WHERE t.device_key = d.device_key"
+           f" AND {' AND '.join(where)} ORDER BY t.start_ts DESC, t.trip_id DESC LIMIT %(limit)s) t"
+           + (f" WHERE {' AND '.join(outer)}" if outer else "")
+           + " ORDER BY t.start_ts DESC, t.trip_id DESC LIMIT %(limit)s")
     rows = access.fetch(sql, params, scope=scope)
     out = []
     for r in rows:
@@ -148,11 +189,19 @@ def trips(access: Access, *, vehicle_id: int | None, since: dt.datetime | None, 
     return out
 
 
-def trip_scores(access: Access, trip_ids: list[int]) -> dict[int, dict[str, Any]]:
+def trip_scores(access: Access, trip_ids: list[int], *, explanation: bool | None = None) -> dict[int, dict[str, Any]]:
+    """Score rows (trip_id, score, eco_score, explanation) of visible trips, by trip id.
+
+    An explanation is a few kB of JSON per trip, most of a trip list's cost to read and parse: it
+    is read when asked for, and by default only for a single trip (the trip view); otherwise the
+    rows carry ``explanation`` None."""
     if not trip_ids:
         return {}
+    if explanation is None:
+        explanation = len(trip_ids) == 1
     rows = access.fetch(
-        "SELECT s.trip_id, s.score, s.eco_score, s.explanation, vis.vehicle_id, vis.owner_id, vis.purpose"
+        "SELECT s.trip_id, s.score, s.eco_score, " + ("s.explanation" if explanation else "NULL::jsonb AS explanation")
+        + ", vis.vehicle_id, vis.owner_id, vis.purpose"
         " FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id"
         " JOIN scores s ON s.device_key = d.device_key AND s.scope = 'trip' WHERE s.trip_id = ANY (%(ids)s)",
         {"ids": trip_ids}, scope=Scope.DRIVING_SCORE, audit=False)

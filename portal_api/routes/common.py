@@ -44,8 +44,8 @@ def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()
 
 
 @router.get("/whoami", response_model=Me, operation_id="whoami", responses=responses(401, 429),
-            summary="Who the credentials belong to: role, audience, organisation")
-def whoami(access: Access = allow("org.read")) -> Me:
+            summary="Who the credentials belong to: role, audience, organisation (every audience)")
+def whoami(access: Access = allow("any")) -> Me:
     c = access.caller
     org = None
     if c.org_id is not None:

@@ -8,6 +8,7 @@ import io
 from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
+from psycopg.types.json import Jsonb
 
 from .. import leads as lead_logic
 from .. import queries, webhooks
@@ -18,6 +19,8 @@ from ..models import (
     Lead,
     LeadChange,
     ServiceRecordIn,
+    Site,
+    SiteIn,
     Webhook,
     WebhookDelivery,
     WebhookIn,
@@ -54,9 +57,11 @@ def _with_owner(access: Access, items: list[dict[str, Any]]) -> list[dict[str, A
 def dealer_vehicles(access: Access = allow("dealer.vehicles", Scope.VEHICLE_HEALTH), limit: int = LIMIT,
                     cursor: str | None = CURSOR) -> Page[CustomerVehicle]:
     key = decode_cursor(cursor, 1)
-    rows = queries.vehicles_health(access, after=int(key[0]) if key else None, limit=limit)
+    # the owners' contact details (service_contact) come in the same statement as the health page
+    rows = queries.vehicles_health(access, after=int(key[0]) if key else None, limit=limit,
+                                   contact=Scope.SERVICE_CONTACT)
     rows, nxt = page_of(rows, limit, lambda r: [r["vehicle_id"]])
-    return Page[CustomerVehicle](items=_with_owner(access, rows), next_cursor=nxt)
+    return Page[CustomerVehicle](items=rows, next_cursor=nxt)
 
 
 @router.get("/vehicles/{vehicle_id}", response_model=CustomerVehicle, operation_id="dealer_vehicle",
@@ -77,6 +82,8 @@ def dealer_record_service(body: ServiceRecordIn, vehicle_id: int = Path(ge=1, le
     serviced_at = body.serviced_at if body.serviced_at.tzinfo else body.serviced_at.replace(tzinfo=dt.UTC)
     if serviced_at > dt.datetime.now(dt.UTC) + dt.timedelta(hours=1):
         raise Problem(422, "service-in-future", "serviced_at lies in the future.")
+    if "\x00" in body.note:  # PostgreSQL text cannot hold NUL: a 500 otherwise
+        raise Problem(422, "bad-note", "The note contains a NUL character.")
     row = access.conn.execute(
         "INSERT INTO service_records (vehicle_id, org_id, serviced_at, odometer_km, note) VALUES (%s, %s, %s, %s, %s)"
         " RETURNING service_id", (vehicle_id, access.caller.org_id, serviced_at, body.odometer_km, body.note)
@@ -132,6 +139,17 @@ def dealer_leads(access: Access = allow("dealer.leads.read", Scope.SERVICE_CONTA
     return Page[Lead](items=[_lead(r) for r in rows], next_cursor=nxt)
 
 
+def _csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting with = + - @ (or tab/CR) gets a leading quote
+    (OWASP CSV injection), since names and reasons come from outside."""
+    if value is None:
+        return ""
+    value = _iso(value)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 @router.get("/leads.csv", operation_id="dealer_leads_csv", responses=ERR,
             response_class=Response, summary="All matching leads as CSV for call-centre campaigns",
             openapi_extra={"responses": {"200": {"content": {"text/csv": {"schema": {"type": "string"}}}}}})
@@ -150,7 +168,7 @@ def dealer_leads_csv(access: Access = allow("dealer.leads.read", Scope.SERVICE_C
             "model", "assigned_to")
     w.writerow(cols)
     for r in rows:
-        w.writerow([_iso(r[c]) if r[c] is not None else "" for c in cols])
+        w.writerow([_csv_cell(r[c]) for c in cols])
     return Response(out.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="leads.csv"'})
 
@@ -223,7 +241,7 @@ def _hook(r: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
 
 
 @router.get("/webhooks", response_model=list[Webhook], operation_id="dealer_webhooks", responses=ERR)
-def dealer_webhooks(access: Access = allow("org.admin")) -> list[dict[str, Any]]:
+def dealer_webhooks(access: Access = allow("dealer.admin")) -> list[dict[str, Any]]:
     rows = access.conn.execute("SELECT * FROM webhooks WHERE org_id = %s ORDER BY webhook_id",
                                (access.caller.org_id,)).fetchall()
     return [_hook(r) for r in rows]
@@ -231,7 +249,9 @@ def dealer_webhooks(access: Access = allow("org.admin")) -> list[dict[str, Any]]
 
 @router.post("/webhooks", response_model=Webhook, status_code=201, operation_id="dealer_create_webhook",
              responses=ERR, summary="Subscribe a CRM URL; the response carries the signing secret, once")
-def dealer_create_webhook(body: WebhookIn, access: Access = allow("org.admin")) -> dict[str, Any]:
+def dealer_create_webhook(body: WebhookIn, access: Access = allow("dealer.admin")) -> dict[str, Any]:
+    if "\x00" in body.url:  # PostgreSQL text cannot hold NUL: a 500 otherwise (found by schemathesis)
+        raise Problem(422, "bad-url", "The URL contains a NUL character.")
     secret = webhooks.new_secret()
     row = access.conn.execute("INSERT INTO webhooks (org_id, url, secret, events) VALUES (%s, %s, %s, %s) RETURNING *",
                               (access.caller.org_id, body.url, secret, list(body.events))).fetchone()
@@ -239,7 +259,7 @@ def dealer_create_webhook(body: WebhookIn, access: Access = allow("org.admin")) 
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204, operation_id="dealer_delete_webhook", responses=ERR404)
-def dealer_delete_webhook(webhook_id: int = Path(ge=1, le=2**62), access: Access = allow("org.admin")) -> Response:
+def dealer_delete_webhook(webhook_id: int = Path(ge=1, le=2**62), access: Access = allow("dealer.admin")) -> Response:
     cur = access.conn.execute("UPDATE webhooks SET active = false WHERE webhook_id = %s AND org_id = %s",
                               (webhook_id, access.caller.org_id))
     if cur.rowcount == 0:
@@ -250,7 +270,7 @@ def dealer_delete_webhook(webhook_id: int = Path(ge=1, le=2**62), access: Access
 @router.get("/webhooks/{webhook_id}/deliveries", response_model=list[WebhookDelivery],
             operation_id="dealer_webhook_deliveries", responses=ERR404, summary="The delivery log, newest first")
 def dealer_webhook_deliveries(webhook_id: int = Path(ge=1, le=2**62), limit: int = LIMIT,
-                              access: Access = allow("org.admin")) -> list[dict[str, Any]]:
+                              access: Access = allow("dealer.admin")) -> list[dict[str, Any]]:
     if access.conn.execute("SELECT 1 FROM webhooks WHERE webhook_id = %s AND org_id = %s",
                            (webhook_id, access.caller.org_id)).fetchone() is None:
         raise Problem(404, "webhook-not-found", f"No webhook {webhook_id} in your organisation.")
@@ -261,3 +281,56 @@ def dealer_webhook_deliveries(webhook_id: int = Path(ge=1, le=2**62), limit: int
     return [{k: _iso(r[k]) for k in keys} for r in rows]
 
 
+
+
+# --- sites (geofences): analytics detects visits, the leads job closes leads that turned up -------
+
+MAX_SITE_AREA_M2 = 2_000_000.0  # a dealer site, not a town: larger polygons would "detect" every drive
+
+
+def _site_area_m2(geometry: dict[str, Any]) -> float:
+    import shapely.geometry
+    from pyproj import Geod
+
+    try:
+        shape = shapely.geometry.shape(geometry)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise Problem(422, "bad-geometry", f"geometry is not GeoJSON: {exc}") from exc
+    if shape.geom_type not in ("Polygon", "MultiPolygon"):
+        raise Problem(422, "bad-geometry", f"a site is a Polygon or MultiPolygon, not {shape.geom_type}.")
+    if shape.is_empty or not shape.is_valid:
+        raise Problem(422, "bad-geometry", "the polygon is empty or self-intersecting.")
+    minx, miny, maxx, maxy = shape.bounds
+    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        raise Problem(422, "bad-geometry", "coordinates must be longitude, latitude in WGS84.")
+    area = abs(Geod(ellps="WGS84").geometry_area_perimeter(shape)[0])
+    if not 10.0 <= area <= MAX_SITE_AREA_M2:
+        raise Problem(422, "bad-geometry", f"the site covers {area:,.0f} m²; allowed 10 to {MAX_SITE_AREA_M2:,.0f} m².")
+    return area
+
+
+@router.get("/sites", response_model=list[Site], operation_id="dealer_sites", responses=ERR)
+def dealer_sites(access: Access = allow("dealer.vehicles")) -> list[dict[str, Any]]:
+    rows = access.conn.execute("SELECT geofence_id, name, geometry FROM geofences WHERE kind = 'dealer'"
+                               " AND owner_org = %s ORDER BY geofence_id", (str(access.caller.org_id),)).fetchall()
+    return [{"site_id": r["geofence_id"], "name": r["name"], "geometry": r["geometry"],
+             "area_m2": round(_site_area_m2(r["geometry"]), 1)} for r in rows]
+
+
+@router.post("/sites", response_model=Site, status_code=201, operation_id="dealer_create_site", responses=ERR,
+             summary="Define a site; visits of consenting customers close their open leads as visited")
+def dealer_create_site(body: SiteIn, access: Access = allow("dealer.admin")) -> dict[str, Any]:
+    area = _site_area_m2(body.geometry)
+    row = access.conn.execute("INSERT INTO geofences (kind, name, owner_org, geometry) VALUES ('dealer', %s, %s, %s)"
+                              " RETURNING geofence_id", (body.name, str(access.caller.org_id),
+                                                         Jsonb(body.geometry))).fetchone()
+    return {"site_id": row["geofence_id"], "name": body.name, "geometry": body.geometry, "area_m2": round(area, 1)}
+
+
+@router.delete("/sites/{site_id}", status_code=204, operation_id="dealer_delete_site", responses=ERR404)
+def dealer_delete_site(site_id: int = Path(ge=1, le=2**62), access: Access = allow("dealer.admin")) -> Response:
+    cur = access.conn.execute("DELETE FROM geofences WHERE geofence_id = %s AND kind = 'dealer' AND owner_org = %s",
+                              (site_id, str(access.caller.org_id)))
+    if cur.rowcount == 0:
+        raise Problem(404, "site-not-found", f"No site {site_id} of yours.")
+    return Response(status_code=204)

@@ -104,3 +104,12 @@ def test_openapi_documents_examples_problems_and_security(portal):
     schemas = spec["components"]["schemas"]
     assert schemas["VehicleHealth"].get("examples") and schemas["ConsentIn"].get("examples")
     assert portal.client.get("/api/docs").status_code == 200
+
+
+def test_security_headers(portal, world):
+    r = portal.client.get("/v1/whoami", headers=portal.as_(world.driver("alice")))
+    assert r.status_code == 200 and r.json()["audience"] == "driver"  # one whoami for every audience
+    assert r.headers["cache-control"] == "no-store" and r.headers["x-content-type-options"] == "nosniff"
+    page = portal.client.get("/")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]

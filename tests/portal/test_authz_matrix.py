@@ -54,7 +54,7 @@ def test_every_api_route_is_guarded(portal):
 def _fill(path: str, world: World, owner: str) -> str:
     ids = {"vehicle_id": world.vehicle_ids[owner], "trip_id": world.trip_ids[owner][0],
            "consent_id": world.consent_ids.get((owner, "dealer_a"), 999_999), "lead_id": 999_999,
-           "webhook_id": 999_999, "user_id": 999_999, "key_id": 999_999}
+           "webhook_id": 999_999, "user_id": 999_999, "key_id": 999_999, "site_id": 999_999}
     return re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), path)
 
 

@@ -74,10 +74,14 @@ def test_pipeline_moves_assignment_funnel_and_csv(fresh_portal, fresh_world):
     assert funnel["new_dtc"]["created"] == 1 and funnel["new_dtc"]["visited"] == 1
     assert funnel["new_dtc"]["conversion_to_visit"] == 1.0
     assert funnel["weak_battery"]["lost"] == 1 and funnel["weak_battery"]["conversion_to_visit"] == 0.0
+    with psycopg.connect(w.dsn) as conn:  # a name crafted to run in the call centre's spreadsheet
+        conn.execute("UPDATE owners SET display_name = '=HYPERLINK(\"http://evil\")' WHERE owner_id = %s",
+                     (w.owner_ids["alice"],))
     r = p.client.get("/v1/dealer/leads.csv", headers=sales)
     assert r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert len(rows) == 3 and {row["email"] for row in rows} == {"alice@drivers.test"}
+    assert {row["display_name"] for row in rows} == {"'=HYPERLINK(\"http://evil\")"}
     # revoking service_contact hides the customer's leads at once
     p.client.delete(f"/v1/me/consents/{w.consent_ids[('alice', 'dealer_a')]}", headers=p.as_(w.driver("alice")))
     assert p.client.get("/v1/dealer/leads", headers=admin).json()["items"] == []
@@ -242,3 +246,40 @@ def test_erasure_reaches_the_feed_of_organisations_that_had_consent(fresh_portal
     # an organisation alice never consented to learns nothing
     other = p.as_(w.user("insurer_b", "analyst"))
     assert _drain(p, other, head, 1000)[0] == []
+
+
+SITE = {"type": "Polygon", "coordinates": [[[7.00, 44.995], [7.02, 44.995], [7.02, 45.005], [7.00, 45.005],
+                                            [7.00, 44.995]]]}
+
+
+def test_a_visit_to_the_dealers_site_closes_open_leads(fresh_portal, fresh_world):
+    p, w = fresh_portal, fresh_world
+    admin = p.as_(w.user("dealer_a", "admin"))
+    bad = [{"name": "x", "geometry": {"type": "Point", "coordinates": [7, 45]}},
+           {"name": "x", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [80, 0], [80, 60], [0, 0]]]}},
+           {"name": "x", "geometry": {"type": "Polygon", "coordinates": "nope"}}]
+    for body in bad:
+        assert p.client.post("/v1/dealer/sites", headers=admin, json=body).status_code == 422, body
+    assert p.client.post("/v1/dealer/sites", headers=p.as_(w.user("dealer_a", "sales")),
+                         json={"name": "x", "geometry": SITE}).status_code == 403
+    site = p.client.post("/v1/dealer/sites", headers=admin, json={"name": "Workshop", "geometry": SITE}).json()
+    assert 1e6 < site["area_m2"] < 2e6
+    assert [s["site_id"] for s in p.client.get("/v1/dealer/sites", headers=admin).json()] == [site["site_id"]]
+    assert p.client.get("/v1/dealer/sites", headers=p.as_(w.user("dealer_b", "admin"))).json() == []
+    p.client.post("/v1/dealer/leads/refresh", headers=admin)
+    jobs = BackgroundJobs(portal_settings(w.dsn), p.client.app.state.portal.pool)
+    assert jobs.run_once()["leads_visited"] == 0
+    with psycopg.connect(w.dsn) as conn:  # what analytics writes when alice parks there for 40 minutes
+        conn.execute("INSERT INTO geofence_visits (device_key, geofence_id, entered_at, exited_at, dwell_s)"
+                     " VALUES (%s, %s, now(), now() + interval '40 minutes', 2400)",
+                     (w.device_keys["alice"], site["site_id"]))
+        # carol parks there too, but she is dealer_b's customer: nothing changes for anyone
+        conn.execute("INSERT INTO geofence_visits (device_key, geofence_id, entered_at, exited_at, dwell_s)"
+                     " VALUES (%s, %s, now(), now() + interval '40 minutes', 2400)",
+                     (w.device_keys["carol"], site["site_id"]))
+    assert jobs.run_once()["leads_visited"] == 3
+    leads = p.client.get("/v1/dealer/leads", headers=admin).json()["items"]
+    assert {lead["state"] for lead in leads} == {"visited"} and all(lead["closed_at"] for lead in leads)
+    funnel = p.client.get("/v1/dealer/leads/funnel", headers=admin).json()
+    assert all(row["conversion_to_visit"] == 1.0 for row in funnel)
+    assert jobs.run_once()["leads_visited"] == 0
