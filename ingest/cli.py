@@ -125,7 +125,7 @@ def _ingest_worker(args: argparse.Namespace) -> int:
 
 
 def _worker_command(args: argparse.Namespace, index: int) -> list[str]:
-    cmd = [sys.executable, "-m", "ingest", "worker", "--index", str(index)]
+    cmd = [sys.executable, "-m", "ingest", "ingest", "worker", "--index", str(index)]  # = vinsight ingest worker
     for opt in ("db_url", "mqtt_host", "mqtt_port", "share_group", "client_id_prefix", "metrics_port",
                 "flush_rows", "flush_age_s"):
         value = getattr(args, opt, None)

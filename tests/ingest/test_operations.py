@@ -127,3 +127,42 @@ def test_cli_migrates_reports_and_maintains(pg_dsn, capsys):
     assert "maintenance (native)" in capsys.readouterr().out
     assert vinsight_main(["db", "--db-url", pg_dsn, "migrate"]) == 0
     assert "nothing (up to date)" in capsys.readouterr().out
+
+
+def test_ingest_run_supervises_workers_that_store(db, mqtt_broker, unique_id):
+    """`vinsight ingest run` as an operator starts it: its worker processes really consume and store."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    host, port = mqtt_broker
+    batches = make_batches(f"{unique_id}-run", 20, 10)
+    metrics_port = free_port()
+    env = {**os.environ, "VINSIGHT_INGEST_SESSION_EXPIRY_S": "60"}
+    proc = subprocess.Popen([sys.executable, "-m", "vinsight.cli", "ingest", "run", "--workers", "1", "--db-url", db,
+                             "--mqtt-host", host, "--mqtt-port", str(port), "--share-group", unique_id,
+                             "--client-id-prefix", unique_id, "--metrics-port", str(metrics_port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def subscribed() -> bool:
+        try:
+            status, body = _get(f"http://127.0.0.1:{metrics_port}/healthz")
+        except OSError:
+            return False  # not listening yet
+        return status == 200 and json.loads(body).get("subscribed") is True
+
+    try:
+        assert wait_for(subscribed, 120), "the supervised worker never subscribed"
+        pub = ReliablePublisher(host, port, f"pub-{unique_id}")
+        pub.publish_batches(batches)
+        pub.settle()
+        expected = expected_checksum(batches)
+        assert wait_for(lambda: stored_checksum(db, f"{unique_id}-run")[0] >= expected[0], 60)
+        pub.close()
+        assert stored_checksum(db, f"{unique_id}-run") == expected
+        assert proc.poll() is None, "the supervisor must keep running"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert "restarting it" not in out, out[-2000:]
