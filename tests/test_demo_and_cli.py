@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_shows_every_vehicle_and_the_trouble_codes(tmp_path) -> None:
+    """The fleet side alone (--no-cloud): the portal side is tests/test_demo_portal.py."""
     result = subprocess.run(
         [sys.executable, "-m", "vinsight.cli", "demo", "--home", str(tmp_path / "demo"), "--duration", "40",
-         "--replays", "2", "--replay-speed", "30"],
+         "--replays", "2", "--replay-speed", "30", "--no-cloud", "--vehicles", "0"],
         capture_output=True, text=True, timeout=150,
     )
     out = result.stdout
