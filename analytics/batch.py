@@ -21,6 +21,11 @@ a whole fleet in one shapely call (:func:`simplified_tracks`) and the day scores
 coolant and geofences stay per vehicle (:mod:`analytics.runner` calls them). A speed-limit layer is matched per
 vehicle outside numba (shapely) and passed in as a per-sample limit array.
 
+Numba's on-disk cache of a kernel here does not notice a change in a kernel it calls from another module (the
+callee is compiled into it): after editing cleaning / trips / events / scores / geo kernels, clear
+``analytics/__pycache__/*.nbi`` / ``*.nbc`` (or touch this file), or the batch path runs the old code and the
+batch-equals-per-vehicle tests fail on the last bits.
+
 Every kernel here has a plain-Python/numpy reference: :func:`pairwise_sum_reference` (numpy's own ``np.sum``),
 and for the drivers, the per-vehicle public API (:func:`analytics.pipeline.analyse_vehicle`), which the tests
 compare them with on synthetic fleets.

@@ -286,7 +286,7 @@ def _valid_chain_indices(ts_ms: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.
     return out[:k]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")  # divisors are > 0: no zero-division checks
 def longitudinal_accel_kernel(ts_ms: np.ndarray, speed_kmh: np.ndarray, window_s: float, max_gap_s: float,
                               max_plausible_ms2: float) -> tuple[np.ndarray, np.ndarray]:
     """Δv/Δt (m/s²) ending at each sample over the longest span ≤ window_s of consecutive valid samples.
@@ -354,7 +354,7 @@ def longitudinal_accel_reference(ts_ms: list[int], speed_kmh: list[float], windo
     return accel, origin
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")  # divisors are > 0: no zero-division checks
 def lateral_accel_kernel(ts_ms: np.ndarray, course_deg: np.ndarray, gps_speed_kmh: np.ndarray,
                          obd_speed_kmh: np.ndarray, window_s: float, max_gap_s: float, min_speed_kmh: float,
                          max_plausible_ms2: float, max_speed_kmh: float) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,9 @@ against pandas (usable fixes, trips, distances, events per kind, trip and period
 
     python bench/analytics_kernels.py [--quick] [--samples 10000000] [--days 2] [--runs 3] [--threads 2]
 
-Last line: ``numba_samples_per_s=<N> pandas_samples_per_s=<P> ratio=<N/P>``.
+Last line, the headline (numba on one thread, as the pandas path): ``numba_samples_per_s=<N>
+pandas_samples_per_s=<P> threads=1 ratio=<N/P>``; the line before it gives the same for ``--threads`` threads
+(information; omitted with ``--threads 1``).
 """
 
 from __future__ import annotations
@@ -361,14 +363,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     numba_med = statistics.median(numba_s)
     numba_rate = n / numba_med
     result = numba_batch(fleet, 1)
-    print(f"numba batch path (1 thread): runs {', '.join(f'{s:.2f}' for s in numba_s)} s; median {numba_med:.2f} s = "
+    print(f"numba batch path (1 thread; load average {os.getloadavg()[0]:.2f}): runs "
+          f"{', '.join(f'{s:.2f}' for s in numba_s)} s; median {numba_med:.2f} s = "
           f"{numba_rate:,.0f} samples/s ({len(result.trips):,} trips, {len(result.events):,} events, "
           f"{len(result.trip_scores):,} trip scores, {result.vehicles} period scores)")
+    par_rate = None
     if args.threads > 1:
         par_s = timed_runs(lambda: numba_batch(fleet, args.threads), runs)
         par_med = statistics.median(par_s)
+        par_rate = n / par_med
         print(f"numba batch path on {args.threads} threads (information; the machine has {os.cpu_count()} cores, "
-              f"shared): median {par_med:.2f} s = {n / par_med:,.0f} samples/s")
+              f"shared; load average {os.getloadavg()[0]:.2f}): runs {', '.join(f'{s:.2f}' for s in par_s)} s; "
+              f"median {par_med:.2f} s = {par_rate:,.0f} samples/s")
     stage_s: dict[str, float] = {}
     per_vehicle_s = timed_runs(lambda: [numba_vehicle(a, stage_s) for a in tracks], 1)[0]
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in stage_s.items())
@@ -397,7 +403,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     pandas_rate = pandas_n / pandas_med
     print(f"pandas path ({how}): runs {', '.join(f'{s:.1f}' for s in pandas_s)} s; median {pandas_med:.1f} s = "
           f"{pandas_rate:,.0f} samples/s; per run: {', '.join(f'{k} {v:.1f} s' for k, v in stage_s.items())}")
-    print(f"numba_samples_per_s={numba_rate:.0f} pandas_samples_per_s={pandas_rate:.0f} "
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    if par_rate is not None:
+        print(f"information, {args.threads} threads: numba_samples_per_s={par_rate:.0f} "
+              f"pandas_samples_per_s={pandas_rate:.0f} threads={args.threads} ratio={par_rate / pandas_rate:.1f}")
+    print(f"numba_samples_per_s={numba_rate:.0f} pandas_samples_per_s={pandas_rate:.0f} threads=1 "
           f"ratio={numba_rate / pandas_rate:.1f}")
 
 
