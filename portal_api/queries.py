@@ -64,8 +64,20 @@ ORDER BY hv.vehicle_id
 _DATES = (dt.datetime, dt.date)  # a tuple: isinstance is quicker with it than with a union, per value
 
 
-def _iso(value: Any) -> Any:
+def iso(value: Any) -> Any:
+    """Dates and times as ISO 8601 text for JSON; anything else unchanged."""
     return value.isoformat() if isinstance(value, _DATES) else value
+
+
+def time_range(where: list[str], params: dict[str, Any], column: str, since: dt.datetime | None,
+               until: dt.datetime | None) -> None:
+    """The API's since/until filter (half-open: since <= column < until) on ``column``."""
+    if since is not None:
+        where.append(f"{column} >= %(since)s")
+        params["since"] = since
+    if until is not None:
+        where.append(f"{column} < %(until)s")
+        params["until"] = until
 
 
 DEFAULT_HEALTH = HealthParams()
@@ -76,7 +88,7 @@ def health_overview(row: dict[str, Any], now: dt.datetime, params: HealthParams 
     dtcs = []
     for e in row["open_dtcs"] or []:
         d = describe_dtc_or_none(e["code"])
-        dtcs.append({**{k: _iso(v) for k, v in e.items()},
+        dtcs.append({**{k: iso(v) for k, v in e.items()},
                      "description": d.description if d else "unknown code",
                      "category": str(d.category) if d else None, "severity": str(d.severity) if d else None})
     baseline = row["serviced_at"]
@@ -88,18 +100,18 @@ def health_overview(row: dict[str, Any], now: dt.datetime, params: HealthParams 
         driven = row["distance_since_service_km"] if row["serviced_at"] is not None else row["distance_recorded_km"]
         st = service_due(now, baseline, distance_since_service_km=float(driven or 0.0), params=params)
         service = {"due": st.due, "due_soon": st.due_soon, "km_left": st.km_left, "days_left": st.days_left,
-                   "reason": st.reason, "last_service_at": _iso(row["serviced_at"]),
+                   "reason": st.reason, "last_service_at": iso(row["serviced_at"]),
                    "baseline_assumed": assumed}
     battery = row["battery"] or None
     return {
         "vehicle_id": row["vehicle_id"], "vin": row["vin"], "make": row["make"], "model": row["model"],
-        "model_year": row["model_year"], "last_seen": _iso(row["last_seen"]), "online": bool(row["online"]),
+        "model_year": row["model_year"], "last_seen": iso(row["last_seen"]), "online": bool(row["online"]),
         "distance_recorded_km": round(float(row["distance_recorded_km"] or 0.0), 1),
         "open_dtcs": dtcs, "mil_on": any(e.get("mil_on") for e in dtcs),
         "battery": battery, "coolant": row["coolant"] or None,
         "service": service,
         "health_leads": row["health_leads"] or [],
-        "health_computed_at": _iso(row["health_computed_at"]),
+        "health_computed_at": iso(row["health_computed_at"]),
     }
 
 
@@ -159,12 +171,7 @@ def trips(access: Access, *, vehicle_id: int | None, since: dt.datetime | None, 
     if trip_id is not None:
         where.append("t.trip_id = %(tid)s")
         params["tid"] = trip_id
-    if since is not None:
-        where.append("t.start_ts >= %(since)s")
-        params["since"] = since
-    if until is not None:
-        where.append("t.start_ts < %(until)s")
-        params["until"] = until
+    time_range(where, params, "t.start_ts", since, until)
     if cursor is not None:
         where.append("(t.start_ts, t.trip_id) < (%(c_ts)s::timestamptz, %(c_id)s)")
         params["c_ts"], params["c_id"] = cursor
@@ -178,7 +185,7 @@ def trips(access: Access, *, vehicle_id: int | None, since: dt.datetime | None, 
     rows = access.fetch(sql, params, scope=scope)
     out = []
     for r in rows:
-        item = {k: _iso(r[k]) for k in TRIP_COLUMNS}
+        item = {k: iso(r[k]) for k in TRIP_COLUMNS}
         item["score"] = None
         if with_places:
             item["start"] = point(r["start_lat"], r["start_lon"])
@@ -223,12 +230,7 @@ def events(access: Access, *, vehicle_id: int | None, trip_id: int | None, since
     if trip_id is not None:
         where.append("e.trip_id = %(tid)s")
         params["tid"] = trip_id
-    if since is not None:
-        where.append("e.ts >= %(since)s")
-        params["since"] = since
-    if until is not None:
-        where.append("e.ts < %(until)s")
-        params["until"] = until
+    time_range(where, params, "e.ts", since, until)
     if kinds:
         where.append("e.kind = ANY (%(kinds)s)")
         params["kinds"] = kinds
@@ -243,7 +245,7 @@ def events(access: Access, *, vehicle_id: int | None, trip_id: int | None, since
     out = []
     for r in rows:
         item = {"event_id": r["event_id"], "vehicle_id": r["vehicle_id"], "trip_id": r["trip_id"], "kind": r["kind"],
-                "ts": _iso(r["ts"]), "end_ts": _iso(r["end_ts"]), "severity": r["severity"], "peak": r["peak"],
+                "ts": iso(r["ts"]), "end_ts": iso(r["end_ts"]), "severity": r["severity"], "peak": r["peak"],
                 "peak_unit": r["peak_unit"], "duration_s": r["duration_s"]}
         if with_places:
             item["location"] = point(r["lat"], r["lon"])
@@ -257,12 +259,7 @@ def score_periods(access: Access, vehicle_id: int, period: str, since: dt.dateti
     price per distance driven. Components are averaged the same way."""
     params: dict[str, Any] = {"vid": vehicle_id, "period": period}
     where = ["vis.vehicle_id = %(vid)s", "s.scope = 'day'"]
-    if since is not None:
-        where.append("s.period_start >= %(since)s")
-        params["since"] = since
-    if until is not None:
-        where.append("s.period_start < %(until)s")
-        params["until"] = until
+    time_range(where, params, "s.period_start", since, until)
     rows = access.fetch(
         "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, s.period_start, s.score, s.distance_m, s.explanation"
         " FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id"
@@ -299,19 +296,14 @@ def mileage(access: Access, vehicle_id: int, period: str, since: dt.datetime | N
     """Distance per day/week/month from the daily rollups (pay-as-you-drive statements)."""
     params: dict[str, Any] = {"vid": vehicle_id, "period": period}
     where = ["vis.vehicle_id = %(vid)s"]
-    if since is not None:
-        where.append("r.bucket >= %(since)s")
-        params["since"] = since
-    if until is not None:
-        where.append("r.bucket < %(until)s")
-        params["until"] = until
+    time_range(where, params, "r.bucket", since, until)
     rows = access.fetch(
         "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, date_trunc(%(period)s, r.bucket, 'UTC') AS period_start,"
         " sum(r.distance_km) AS distance_km, sum(r.driving_s) AS driving_s, count(*) AS days_with_data"
         " FROM visible vis JOIN devices d ON d.vehicle_id = vis.vehicle_id"
         " JOIN samples_daily r ON r.device_key = d.device_key WHERE " + " AND ".join(where)
         + " GROUP BY 1, 2, 3, 4 ORDER BY period_start", params, scope=Scope.MILEAGE)
-    return [{"period_start": _iso(r["period_start"]), "period": period,
+    return [{"period_start": iso(r["period_start"]), "period": period,
              "distance_km": round(float(r["distance_km"] or 0.0), 3),
              "driving_h": round(float(r["driving_s"] or 0.0) / 3600.0, 3),
              "days_with_data": int(r["days_with_data"])} for r in rows]

@@ -27,6 +27,7 @@ from ..models import (
 )
 from ..pagination import Page, decode_cursor, page_of
 from ..problems import Problem, responses
+from ..queries import iso
 from .common import allow
 
 router = APIRouter(prefix="/v1/dealer", tags=["dealer"])
@@ -34,10 +35,6 @@ ERR = responses(400, 401, 403, 422, 429)
 ERR404 = responses(400, 401, 403, 404, 422, 429)
 LIMIT = Query(50, ge=1, le=500, description="Items per page")
 CURSOR = Query(None, max_length=200, description="next_cursor of the previous page")
-
-
-def _iso(v: Any) -> Any:
-    return v.isoformat() if isinstance(v, dt.datetime) else v
 
 
 def _with_owner(access: Access, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -98,7 +95,7 @@ LEAD_SQL = ("SELECT vis.vehicle_id, vis.owner_id, vis.purpose, l.* FROM visible 
 
 
 def _lead(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: _iso(r[k]) for k in ("lead_id", "vehicle_id", "kind", "priority", "reason", "detail", "state",
+    return {k: iso(r[k]) for k in ("lead_id", "vehicle_id", "kind", "priority", "reason", "detail", "state",
                                    "lost_reason", "assigned_to", "created_at", "updated_at", "closed_at")}
 
 
@@ -109,12 +106,7 @@ def _lead_filters(state: str | None, kind: str | None, assigned_to: int | None, 
         if val is not None:
             where.append(f"l.{col} = %({col})s")
             params[col] = val
-    if since is not None:
-        where.append("l.created_at >= %(since)s")
-        params["since"] = since
-    if until is not None:
-        where.append("l.created_at < %(until)s")
-        params["until"] = until
+    queries.time_range(where, params, "l.created_at", since, until)
     return where, params
 
 
@@ -144,7 +136,7 @@ def _csv_cell(value: Any) -> Any:
     (OWASP CSV injection), since names and reasons come from outside."""
     if value is None:
         return ""
-    value = _iso(value)
+    value = iso(value)
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
@@ -237,7 +229,7 @@ def dealer_refresh_leads(access: Access = allow("dealer.leads.write", Scope.SERV
 
 def _hook(r: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
     return {"webhook_id": r["webhook_id"], "url": r["url"], "events": list(r["events"]), "active": r["active"],
-            "created_at": _iso(r["created_at"]), "secret": secret}
+            "created_at": iso(r["created_at"]), "secret": secret}
 
 
 @router.get("/webhooks", response_model=list[Webhook], operation_id="dealer_webhooks", responses=ERR)
@@ -278,7 +270,7 @@ def dealer_webhook_deliveries(webhook_id: int = Path(ge=1, le=2**62), limit: int
                                " LIMIT %s", (webhook_id, limit)).fetchall()
     keys = ("delivery_id", "event", "state", "attempts", "last_status", "last_error", "created_at", "delivered_at",
             "next_attempt_at")
-    return [{k: _iso(r[k]) for k in keys} for r in rows]
+    return [{k: iso(r[k]) for k in keys} for r in rows]
 
 
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query
 from ..access import Access, Audience, Scope
 from ..models import FeedPage
 from ..problems import responses
+from ..queries import iso
 from .common import allow
 
 router = APIRouter(prefix="/v1", tags=["partner feed"])
@@ -25,10 +26,6 @@ TRIP_FIELDS = ("trip_id", "kind", "start_ts", "end_ts", "is_open", "distance_m",
 EVENT_FIELDS = ("event_id", "trip_id", "kind", "ts", "end_ts", "severity", "peak", "peak_unit", "duration_s")
 LEAD_FIELDS = ("lead_id", "kind", "priority", "reason", "state", "lost_reason", "assigned_to", "created_at",
                "updated_at", "closed_at")
-
-
-def _iso(v: Any) -> Any:
-    return v.isoformat() if hasattr(v, "isoformat") else v
 
 
 @router.get("/feed", response_model=FeedPage, operation_id="partner_feed",
@@ -58,7 +55,7 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
             " ORDER BY t.change_version LIMIT %(lim)s",
             {**p, **places_params}, scope=trip_scope)
         for r in rows:
-            data = {k: _iso(r[k]) for k in TRIP_FIELDS} | {"vehicle_id": r["vehicle_id"]}
+            data = {k: iso(r[k]) for k in TRIP_FIELDS} | {"vehicle_id": r["vehicle_id"]}
             if r["places"]:
                 data |= {"start_lat": r["start_lat"], "start_lon": r["start_lon"], "end_lat": r["end_lat"],
                          "end_lon": r["end_lon"]}
@@ -71,7 +68,7 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
             p, scope=Scope.DRIVING_SCORE)
         for r in rows:
             changes.append({"version": r["change_version"], "kind": "event", "op": "upsert", "id": r["event_id"],
-                            "data": {k: _iso(r[k]) for k in EVENT_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
+                            "data": {k: iso(r[k]) for k in EVENT_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
         # Deletions of what the caller may see now, and of everything erased about an owner who had
         # granted this organisation anything (the vehicle is gone, so it is no longer "visible").
         vis, vis_params = access.visible_sql(trip_scope, tag="_t")
@@ -91,7 +88,7 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
             " ORDER BY l.change_version LIMIT %(lim)s", p, scope=Scope.SERVICE_CONTACT)
         for r in rows:
             changes.append({"version": r["change_version"], "kind": "lead", "op": "upsert", "id": r["lead_id"],
-                            "data": {k: _iso(r[k]) for k in LEAD_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
+                            "data": {k: iso(r[k]) for k in LEAD_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
         tomb = access.conn.execute(
             "SELECT * FROM feed_tombstones WHERE kind = 'lead' AND (org_id = %(org)s OR %(org)s = ANY (recipients))"
             " AND change_version > %(v)s AND change_version <= %(head)s"
