@@ -81,6 +81,8 @@ class RunReport:
     write_s: float = 0.0
     places_s: float = 0.0
     heatmap_s: float = 0.0
+    summaries: int = 0
+    summaries_s: float = 0.0
 
 
 def _ts(ms: float) -> datetime:
@@ -178,7 +180,26 @@ def run_once(db_url: str, *, params: PipelineParams | None = None, device_keys: 
                 t3 = time.perf_counter()
                 update_places(conn, key, place_horizon_days, tz)
                 report.places_s += time.perf_counter() - t3
+        t5 = time.perf_counter()
+        report.summaries = refresh_vehicle_summaries(conn, keys)
+        report.summaries_s = time.perf_counter() - t5
     return report
+
+
+# A vehicle whose summary is older than this is refreshed by the next run even without new data, so
+# the 30-day figures keep sliding for parked cars.
+SUMMARY_MAX_AGE = "6 hours"
+
+
+def refresh_vehicle_summaries(conn: psycopg.Connection, device_keys: Sequence[int],
+                              max_age: str = SUMMARY_MAX_AGE) -> int:
+    """Recompute the portal's per-vehicle summaries (migration 0009) of the vehicles of ``device_keys``,
+    which this run changed, and of every vehicle whose summary is older than ``max_age``."""
+    row = conn.execute(
+        "SELECT vinsight_refresh_vehicle_summaries(ARRAY(SELECT DISTINCT d.vehicle_id FROM devices d"
+        " WHERE d.device_key = ANY (%s) AND d.vehicle_id IS NOT NULL), %s::interval)",
+        (list(device_keys), max_age)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def widen_all(conn: psycopg.Connection, spans: dict[int, tuple[datetime, datetime]], params: PipelineParams,

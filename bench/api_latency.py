@@ -238,6 +238,8 @@ def seed(db_url: str, n: int, days: int) -> dict[str, Any]:
             " md5(i::text)::uuid, 60 - s, 1000, 40 + s %% 20, 1800, 48.0 + (i %% 100) * 0.01, 11.0, 13.9"
             " FROM generate_series(1, least(%(n)s, 100)) i CROSS JOIN generate_series(0, 59) s", params)
         conn.execute("DROP FUNCTION bench_explanation(text, double precision, double precision)")
+        # as an analytics run leaves them: the portal's per-vehicle summaries (migration 0009)
+        conn.execute("SELECT vinsight_refresh_vehicle_summaries()")
         conn.commit()
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")

@@ -4,8 +4,9 @@ An endpoint declares *what* it does (a permission) and *which personal data* it 
 scope): ``access: Access = Depends(guard("dealer.vehicles", Scope.VEHICLE_HEALTH))``. The guard
 
 1. authenticates the caller (bearer access token of a person, or an API key of an organisation's
-   server) and re-reads their organisation and role from the database, so revocation and
-   deactivation are effective on the next request;
+   server): signature and expiry on the event loop, before the parameters are validated; then
+   their organisation and role re-read from the database, so revocation and deactivation are
+   effective on the next request;
 2. checks the permission against :data:`PERMISSIONS` (audience and role) — 403 otherwise;
 3. rate-limits the client (429 with Retry-After);
 4. hands the endpoint an :class:`Access` bound to one database transaction, whose only way to
@@ -17,23 +18,27 @@ scope): ``access: Access = Depends(guard("dealer.vehicles", Scope.VEHICLE_HEALTH
 5. writes the audit trail: every organisation read of personal data records who, whose vehicle,
    which scope, which purpose (the consent's), and how many records — in the same transaction as
    the read, so there is no read without its audit row.
+
+Steps 1 (its database half) to 5 and the endpoint itself run in one worker thread
+(:class:`GuardedRoute`, the route class of every portal router): one hand-over from the event
+loop per request, not one per step.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import anyio
-import anyio.to_thread
+import orjson
 import psycopg
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -127,7 +132,6 @@ class PortalState:
     pool: ConnectionPool
     limiter: RateLimiter
     login_limiter: RateLimiter
-    gate: anyio.Semaphore | None = None  # admission to the pool for guarded requests (see guard)
 
 
 def state(request: Request) -> PortalState:
@@ -150,7 +154,20 @@ def _credentials(request: Request) -> tuple[str, str] | None:
 _UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="vinsight"'}
 
 
-def authenticate(conn: psycopg.Connection, st: PortalState, request: Request) -> Caller:
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the request presented, checked as far as can be without the database."""
+
+    kind: str                           # "bearer" or "api_key"
+    user_id: int | None = None          # bearer: the token's subject (signature and expiry verified)
+    key: tuple[str, str] | None = None  # api_key: (prefix, secret)
+
+
+def check_credentials(st: PortalState, request: Request) -> Credentials:
+    """Step 1 without I/O: a token's signature and expiry, an API key's form (401 otherwise).
+
+    Runs on the event loop, before the request's parameters are validated, so a request without
+    valid credentials is answered 401 whatever else is wrong with it."""
     cred = _credentials(request)
     if cred is None:
         raise Problem(401, "not-authenticated", "Send 'Authorization: Bearer <token>' (POST /v1/auth/token) "
@@ -158,22 +175,43 @@ def authenticate(conn: psycopg.Connection, st: PortalState, request: Request) ->
     kind, value = cred
     if kind == "bearer":
         user_id = read_token(st.settings.jwt_secret, value)
-        row = None if user_id is None else conn.execute(
+        if user_id is None:
+            raise _invalid_token()
+        return Credentials("bearer", user_id=user_id)
+    parts = split_api_key(value)
+    if parts is None:
+        raise _invalid_key()
+    return Credentials("api_key", key=parts)
+
+
+def _invalid_token() -> Problem:
+    return Problem(401, "invalid-token", "The access token is invalid, expired, or its user is deactivated.",
+                   headers=_UNAUTHENTICATED)
+
+
+def _invalid_key() -> Problem:
+    return Problem(401, "invalid-api-key", "The API key is unknown or revoked.", headers=_UNAUTHENTICATED)
+
+
+def authenticate(conn: psycopg.Connection, creds: Credentials) -> Caller:
+    """Step 1 with the database: the user or key re-read, so deactivation, revocation and role
+    changes take effect on the next request."""
+    if creds.kind == "bearer":
+        row = conn.execute(
             "SELECT u.user_id, u.email, u.role, u.org_id, u.owner_id, o.kind AS org_kind FROM portal_users u"
             " LEFT JOIN organisations o ON o.org_id = u.org_id WHERE u.user_id = %s AND u.active",
-            (user_id,)).fetchone()
+            (creds.user_id,)).fetchone()
         if row is None:
-            raise Problem(401, "invalid-token", "The access token is invalid, expired, or its user is deactivated.",
-                          headers=_UNAUTHENTICATED)
+            raise _invalid_token()
         audience = Audience.DRIVER if row["role"] == "driver" else Audience(row["org_kind"])
         return Caller("user", row["user_id"], row["email"], row["role"], audience, row["org_id"], row["owner_id"])
-    parts = split_api_key(value)
-    row = None if parts is None else conn.execute(
+    assert creds.key is not None
+    row = conn.execute(
         "SELECT k.key_id, k.name, k.key_hash, k.role, k.org_id, o.kind AS org_kind FROM api_keys k"
         " JOIN organisations o ON o.org_id = k.org_id WHERE k.prefix = %s AND k.revoked_at IS NULL",
-        (parts[0],)).fetchone()
-    if row is None or parts is None or not api_key_matches(row["key_hash"], parts[1]):
-        raise Problem(401, "invalid-api-key", "The API key is unknown or revoked.", headers=_UNAUTHENTICATED)
+        (creds.key[0],)).fetchone()
+    if row is None or not api_key_matches(row["key_hash"], creds.key[1]):
+        raise _invalid_key()
     return Caller("api_key", row["key_id"], row["name"], row["role"], Audience(row["org_kind"]), row["org_id"])
 
 
@@ -200,11 +238,16 @@ class Access:
         if c.audience is Audience.DRIVER:
             return ("SELECT v.vehicle_id, v.owner_id, 'owner'::text AS purpose FROM vehicles v"
                     f" WHERE v.owner_id = %(_owner{tag})s", {f"_owner{tag}": c.owner_id})
-        return ("SELECT DISTINCT ON (v.vehicle_id) v.vehicle_id, v.owner_id, c.purpose FROM vehicles v"
-                " JOIN consents c ON c.owner_id = v.owner_id"
-                f" WHERE c.org_id = %(_org{tag})s AND %(_scope{tag})s = ANY (c.scopes) AND c.revoked_at IS NULL"
-                " AND c.starts_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now())"
-                " ORDER BY v.vehicle_id, c.starts_at DESC", {f"_org{tag}": c.org_id, f"_scope{tag}": str(scope)})
+        # Per vehicle, its owner's newest active consent to this organisation naming the scope (an
+        # index probe on consents (org_id, owner_id)). Written as a lateral join rather than a
+        # DISTINCT ON over the whole organisation, so that a page (``vehicle_id > cursor ORDER BY
+        # vehicle_id LIMIT n``) walks the vehicles' primary key and stops after n: the cost of a
+        # page does not grow with the number of customers.
+        return ("SELECT v.vehicle_id, v.owner_id, c.purpose FROM vehicles v CROSS JOIN LATERAL ("
+                " SELECT c.purpose FROM consents c"
+                f" WHERE c.org_id = %(_org{tag})s AND c.owner_id = v.owner_id AND %(_scope{tag})s = ANY (c.scopes)"
+                " AND c.revoked_at IS NULL AND c.starts_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now())"
+                " ORDER BY c.starts_at DESC LIMIT 1) c", {f"_org{tag}": c.org_id, f"_scope{tag}": str(scope)})
 
     def fetch(self, sql: str, params: dict[str, Any] | None = None, *, scope: Scope | None = None,
               audit: bool = True) -> list[dict[str, Any]]:
@@ -216,7 +259,9 @@ class Access:
         if "visible" not in sql:
             raise RuntimeError("portal queries of vehicle data must join the visible relation")
         vis, vis_params = self.visible_sql(scope)
-        rows = self.conn.execute(f"WITH visible AS MATERIALIZED ({vis}) {sql}",
+        # Not MATERIALIZED: the planner folds the relation into the query, so the page's keyset
+        # condition and LIMIT reach the vehicles scan.
+        rows = self.conn.execute(f"WITH visible AS ({vis}) {sql}",
                                  {**vis_params, **(params or {})}).fetchall()
         if audit:
             self.audit_rows(rows, scope or self.scope)
@@ -262,83 +307,144 @@ class Access:
         self._pending.extend((str(scope), o, v, n, p) for o, v, n, p in entries)
 
     def flush_audit(self) -> None:
-        """Write the audit rows recorded so far (one INSERT), in the current transaction."""
+        """Write the audit rows recorded so far (one INSERT), in the current transaction.
+
+        The rows travel as one JSON array (orjson), which PostgreSQL unpacks with
+        json_to_recordset: adapting five Python lists of a hundred values into arrays cost more
+        than the insert itself."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
         c = self.caller
         self.conn.execute(
             "INSERT INTO audit_log (actor_kind, actor_id, actor_label, org_id, scope, action, owner_id, vehicle_id,"
-            " records, purpose) SELECT %s, %s, %s, %s, s, %s, o, v, n, p"
-            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[], %s::text[]) AS x(s, o, v, n, p)",
-            (c.kind, c.id, c.label, c.org_id, self.action, [e[0] for e in pending], [e[1] for e in pending],
-             [e[2] for e in pending], [e[3] for e in pending], [e[4] for e in pending]))
+            " records, purpose) SELECT %s, %s, %s, %s, x.s, %s, x.o, x.v, x.n, x.p"
+            " FROM json_to_recordset(%s::json) AS x(s text, o bigint, v bigint, n int, p text)",
+            (c.kind, c.id, c.label, c.org_id, self.action,
+             orjson.dumps([{"s": s, "o": o, "v": v, "n": n, "p": p} for s, o, v, n, p in pending]).decode()))
 
 
-def _open(request: Request, allowed: frozenset[tuple[Audience, str]], permission: str,
-          scope: Scope | None) -> tuple[AbstractContextManager[psycopg.Connection], Access]:
-    """Steps 1-4 in a worker thread: a pooled connection (its transaction), the caller, the checks."""
-    st = state(request)
-    cm = st.pool.connection()
-    conn = cm.__enter__()
+@dataclass
+class PendingAccess:
+    """What the guard hands FastAPI: everything needed to open the request's :class:`Access`.
+
+    The endpoint never sees it: :class:`GuardedRoute` opens it in the endpoint's worker thread,
+    passes the endpoint the :class:`Access`, and finishes it there (one thread hop per request)."""
+
+    request: Request
+    allowed: frozenset[tuple[Audience, str]]
+    permission: str
+    scope: Scope | None
+    creds: Credentials
+    opened: Access | None = None
+
+    def open(self) -> Access:
+        """Steps 1-4 (blocking): a pooled connection (its transaction), the caller, the checks."""
+        st = state(self.request)
+        conn = st.pool.getconn()
+        try:
+            conn.row_factory = dict_row
+            caller = authenticate(conn, self.creds)
+            if (caller.audience, caller.role) not in self.allowed:
+                raise Problem(403, "forbidden", f"Your role '{caller.role}' ({caller.audience}) may not use "
+                              f"'{self.permission}'.")
+            wait = st.limiter.take(caller.client_key)
+            if wait > 0:
+                raise Problem(429, "rate-limited", f"Too many requests; retry in {wait:.1f} s.",
+                              headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+            route = self.request.scope.get("route")
+            action = getattr(route, "operation_id", None) or getattr(route, "name", None) or self.request.url.path
+        except BaseException:
+            _give_back(st.pool, conn, commit=False)
+            raise
+        self.opened = Access(caller, conn, self.scope, action)
+        return self.opened
+
+    def authorise(self) -> None:
+        """Steps 1-3 alone (the request is answered otherwise): raises what :meth:`open` would."""
+        self.open()
+        self.finish(False)
+
+    def finish(self, ok: bool) -> None:
+        """Step 5 (blocking): the audit rows and the commit, or the rollback; the connection goes back."""
+        access, self.opened = self.opened, None
+        if access is None:
+            return
+        pool = state(self.request).pool
+        try:
+            if ok:
+                access.flush_audit()
+        except BaseException:
+            _give_back(pool, access.conn, commit=False)
+            raise
+        _give_back(pool, access.conn, commit=ok)
+
+
+def _give_back(pool: ConnectionPool, conn: psycopg.Connection, *, commit: bool) -> None:
     try:
-        conn.row_factory = dict_row
-        caller = authenticate(conn, st, request)
-        if (caller.audience, caller.role) not in allowed:
-            raise Problem(403, "forbidden", f"Your role '{caller.role}' ({caller.audience}) may not use "
-                          f"'{permission}'.")
-        wait = st.limiter.take(caller.client_key)
-        if wait > 0:
-            raise Problem(429, "rate-limited", f"Too many requests; retry in {wait:.1f} s.",
-                          headers={"Retry-After": str(max(1, int(wait + 0.999)))})
-        route = request.scope.get("route")
-        action = getattr(route, "operation_id", None) or getattr(route, "name", None) or request.url.path
-        return cm, Access(caller, conn, scope, action)
-    except BaseException as exc:
-        cm.__exit__(type(exc), exc, exc.__traceback__)  # rolls back, returns the connection
-        raise
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
+    finally:
+        pool.putconn(conn)
 
 
-def _close(cm: AbstractContextManager[psycopg.Connection], access: Access) -> None:
-    """Step 5 and the commit: the request's audit rows, then its transaction (rolled back on error)."""
-    try:
-        access.flush_audit()
-    except BaseException as exc:
-        cm.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    cm.__exit__(None, None, None)
-
-
-def guard(permission: str, scope: Scope | None = None) -> Callable[..., AsyncIterator[Access]]:
+def guard(permission: str, scope: Scope | None = None) -> Callable[..., Awaitable[PendingAccess]]:
     """The dependency every data endpoint takes (see the module docstring).
 
-    The blocking work (pool, queries) runs in worker threads, but the wait for one of the pool's
-    connections happens here, on the event loop, behind a semaphore of the pool's size. Waiting in
-    a worker thread instead (a sync dependency) deadlocks under load: once more requests wait for a
-    connection than there are worker threads, the requests holding the connections find no thread
-    to run their endpoint in, and everything stalls until the pool times out.
+    On the event loop it only checks the credentials (no I/O) and hands over a
+    :class:`PendingAccess`; the blocking part (connection, user re-read, checks, the endpoint,
+    audit, commit) runs in one worker thread (:class:`GuardedRoute`). A request waiting for a pooled
+    connection waits in its worker thread; that cannot deadlock, because a request holding a
+    connection is already running in its own thread and needs no other to finish.
     """
     allowed = PERMISSIONS[permission]
 
-    async def dependency(request: Request) -> AsyncIterator[Access]:
-        st = state(request)
-        if st.gate is None:
-            st.gate = anyio.Semaphore(st.pool.max_size)
-        async with st.gate:
-            cm, access = await run_in_threadpool(_open, request, allowed, permission, scope)
-            # As FastAPI exits sync dependencies: shielded, and without waiting for thread capacity.
-            try:
-                yield access
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(cm.__exit__, type(exc), exc, exc.__traceback__,
-                                                   limiter=anyio.CapacityLimiter(1))
-                raise
-            else:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_close, cm, access, limiter=anyio.CapacityLimiter(1))
+    async def dependency(request: Request) -> PendingAccess:
+        pending = PendingAccess(request, allowed, permission, scope, check_credentials(state(request), request))
+        request.state.portal_pending_access = pending  # for the 422 handler (problems.install)
+        return pending
 
     dependency.__name__ = f"guard_{permission.replace('.', '_')}"
     dependency.permission = permission  # type: ignore[attr-defined]  # read by the authorisation matrix test
     dependency.scope = scope  # type: ignore[attr-defined]
     return dependency
+
+
+def _guarded_parameters(endpoint: Callable[..., Any]) -> list[str]:
+    """Names of ``endpoint``'s parameters whose default is a guard dependency."""
+    return [name for name, p in inspect.signature(endpoint).parameters.items()
+            if hasattr(getattr(p.default, "dependency", None), "permission")]
+
+
+def in_one_thread(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """``endpoint`` (a sync function taking an :class:`Access`) as FastAPI will call it, in a worker
+    thread: open the access, run the endpoint, finish (commit, or roll back on any exception)."""
+    names = _guarded_parameters(endpoint)
+    if not names:
+        return endpoint
+    if inspect.iscoroutinefunction(endpoint):
+        raise TypeError(f"{endpoint.__name__}: guarded endpoints are sync functions (they run in a worker thread)")
+    (name,) = names
+
+    @functools.wraps(endpoint)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        pending: PendingAccess = kwargs[name]
+        kwargs[name] = pending.open()
+        try:
+            result = endpoint(*args, **kwargs)
+        except BaseException:
+            pending.finish(False)
+            raise
+        pending.finish(True)
+        return result
+
+    return run
+
+
+class GuardedRoute(APIRoute):
+    """The route class of every portal router: guarded endpoints run in one worker thread."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, in_one_thread(endpoint), **kwargs)

@@ -9,9 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
+import psycopg
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
 from . import leads, problems, webhooks
@@ -94,13 +97,19 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def _configure_connection(conn: psycopg.Connection) -> None:
+    """jsonb columns (score explanations, health documents) parse with orjson: several times
+    quicker than the standard library on the pages that return them."""
+    set_json_loads(orjson.loads, conn)
+
+
 def create_app(settings: PortalSettings | None = None, *, start_jobs: bool | None = None) -> FastAPI:
     settings = settings or PortalSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = ConnectionPool(settings.db_url, min_size=settings.pool_min, max_size=settings.pool_max, open=True,
-                              kwargs={"application_name": "vinsight-portal"})
+                              kwargs={"application_name": "vinsight-portal"}, configure=_configure_connection)
         app.state.portal = PortalState(settings, pool, RateLimiter(settings.rate_limit_per_min),
                                        RateLimiter(settings.login_rate_limit_per_min))
         jobs = BackgroundJobs(settings, pool)

@@ -83,6 +83,8 @@ class VehicleHealth(BaseModel):
     service: ServiceStatus | None = None
     health_leads: list[Json]
     health_computed_at: str | None = None
+    summary_computed_at: str | None = Field(None, description="When distance_recorded_km and the service figures "
+                                            "were computed (after each analytics run and each recorded service)")
 
 
 class Owner(BaseModel):
@@ -235,6 +237,9 @@ class Policyholder(BaseModel):
     distance_km_30d: float
     scored_days_30d: int
     events_30d: dict[str, int]
+    scores_as_of: str | None = Field(None, description="When the 30-day figures were computed (analytics "
+                                             "refreshes them after each run, at least every six hours); the 30 "
+                                             "days end then. Null before the first analytics run.")
 
 
 class ScoreDistribution(BaseModel):

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -57,6 +58,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Who asks comes before what they sent: on a guarded endpoint, a caller whose key is revoked,
+        # whose account is deactivated or whose role lacks the permission gets 401/403, not a
+        # description of the request's shape. (Token signatures and expiry were checked already;
+        # these checks read the database, which the guard leaves to the endpoint's thread.)
+        pending = getattr(request.state, "portal_pending_access", None)
+        if pending is not None:
+            try:
+                await run_in_threadpool(pending.authorise)
+            except Problem as p:
+                return _response(request, p.status, p.code, p.detail, p.headers, **p.extra)
         errors = [{"location": [str(p) for p in e.get("loc", ())], "message": e.get("msg", ""), "type": e.get("type")}
                   for e in exc.errors()]
         where = "; ".join(f"{'.'.join(e['location'])}: {e['message']}" for e in errors[:5])

@@ -15,30 +15,26 @@ from analytics.health import HealthParams, service_due
 from .access import Access, Scope
 from .geojson import point
 
-# One pass over the daily rollups gives the distance recorded and the distance since the last service
-# (the service row is read first); open trouble codes come through the partial index of open episodes.
+# A page of vehicles' health: the aggregates (distance recorded, the last service and the distance
+# since) come precomputed from vehicle_summaries (migration 0009); what changes between analytics
+# runs is read live: last seen and online, the newest health assessment, open trouble codes
+# (through the partial index of open episodes).
 HEALTH_SQL = """
 SELECT v.vehicle_id, v.vin, v.make, v.model, v.model_year, vis.owner_id, vis.purpose,
        dev.device_keys, dev.last_seen, dev.online,
-       coalesce(roll.distance_km, 0) AS distance_recorded_km, roll.first_day,
-       svc.serviced_at, svc.odometer_km AS service_odometer_km,
-       coalesce(roll.since_service_km, 0) AS distance_since_service_km,
+       coalesce(sm.distance_recorded_km, 0) AS distance_recorded_km, sm.first_day,
+       sm.serviced_at, sm.service_odometer_km,
+       coalesce(sm.distance_since_service_km, 0) AS distance_since_service_km, sm.computed_at AS summary_computed_at,
        h.battery, h.coolant, h.leads AS health_leads, h.computed_at AS health_computed_at,
        coalesce(dtc.open_dtcs, '[]'::jsonb) AS open_dtcs
 FROM visible vis
 JOIN vehicles v ON v.vehicle_id = vis.vehicle_id
+LEFT JOIN vehicle_summaries sm ON sm.vehicle_id = v.vehicle_id
 LEFT JOIN LATERAL (
     SELECT array_agg(d.device_key) AS device_keys, max(ds.last_seen) AS last_seen,
            bool_or(ds.state = 'online') AS online
     FROM devices d LEFT JOIN device_status ds ON ds.device_key = d.device_key
     WHERE d.vehicle_id = v.vehicle_id) dev ON true
-LEFT JOIN LATERAL (
-    SELECT s.serviced_at, s.odometer_km FROM service_records s WHERE s.vehicle_id = v.vehicle_id
-    ORDER BY s.serviced_at DESC LIMIT 1) svc ON true
-LEFT JOIN LATERAL (
-    SELECT sum(r.distance_km) AS distance_km, min(r.bucket) AS first_day,
-           sum(r.distance_km) FILTER (WHERE r.bucket >= date_trunc('day', svc.serviced_at)) AS since_service_km
-    FROM samples_daily r WHERE r.device_key = ANY (dev.device_keys)) roll ON true
 LEFT JOIN LATERAL (
     SELECT hh.* FROM vehicle_health hh WHERE hh.device_key = ANY (dev.device_keys)
     ORDER BY hh.computed_at DESC LIMIT 1) h ON true
@@ -112,12 +108,13 @@ def health_overview(row: dict[str, Any], now: dt.datetime, params: HealthParams 
         "service": service,
         "health_leads": row["health_leads"] or [],
         "health_computed_at": iso(row["health_computed_at"]),
+        "summary_computed_at": iso(row["summary_computed_at"]),
     }
 
 
 def vehicles_health(access: Access, *, after: int | None, limit: int, vehicle_id: int | None = None,
                     scope: Scope = Scope.VEHICLE_HEALTH, contact: Scope | None = None) -> list[dict[str, Any]]:
-    """Health of the visible vehicles in id order (``limit`` + 1 rows fetched, all audited).
+    """Health of the visible vehicles in id order (``limit`` + 1 rows fetched, the first ``limit`` audited).
 
     With ``contact``, each item also has ``owner``: the owner's id, name and e-mail where the owner
     granted ``contact`` to the caller, else None; read in the same statement and audited under
@@ -134,7 +131,8 @@ def vehicles_health(access: Access, *, after: int | None, limit: int, vehicle_id
         vis_c, params_c = access.visible_sql(contact, tag="_c")
         sql = _CONTACT_SQL.format(health=sql, visible=vis_c)
         params.update(params_c)
-    rows = access.fetch(sql, params, scope=scope)
+    rows = access.fetch(sql, params, scope=scope, audit=False)
+    access.audit_rows(rows[:limit], scope)  # the page; the look-ahead row is not shown
     now = dt.datetime.now(dt.UTC)
     out = [health_overview(r, now) for r in rows]
     if contact is not None:
@@ -185,13 +183,17 @@ def trips(access: Access, *, vehicle_id: int | None, since: dt.datetime | None, 
     rows = access.fetch(sql, params, scope=scope)
     out = []
     for r in rows:
-        item = {k: iso(r[k]) for k in TRIP_COLUMNS}
+        item = {k: r[k] for k in TRIP_COLUMNS}
+        item["start_ts"] = r["start_ts"].isoformat()
+        item["end_ts"] = r["end_ts"].isoformat()
         item["score"] = None
         if with_places:
             item["start"] = point(r["start_lat"], r["start_lon"])
             item["end"] = point(r["end_lat"], r["end_lon"])
             if with_track:
                 item["track"] = r["track"]
+        else:
+            item["start"] = item["end"] = None
         out.append(item)
     return out
 
@@ -247,8 +249,7 @@ def events(access: Access, *, vehicle_id: int | None, trip_id: int | None, since
         item = {"event_id": r["event_id"], "vehicle_id": r["vehicle_id"], "trip_id": r["trip_id"], "kind": r["kind"],
                 "ts": iso(r["ts"]), "end_ts": iso(r["end_ts"]), "severity": r["severity"], "peak": r["peak"],
                 "peak_unit": r["peak_unit"], "duration_s": r["duration_s"]}
-        if with_places:
-            item["location"] = point(r["lat"], r["lon"])
+        item["location"] = point(r["lat"], r["lon"]) if with_places else None
         out.append(item)
     return out
 

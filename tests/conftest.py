@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+# The portal's list endpoints send pre-built JSON; under test each page is also checked against its
+# response model (portal_api.pagination.page_response). Set before anything imports the portal.
+os.environ.setdefault("VINSIGHT_PORTAL_CHECK_PAGES", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("VINSIGHT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 PG_ADMIN_DSN = os.environ.get("VINSIGHT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

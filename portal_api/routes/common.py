@@ -8,17 +8,17 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 from psycopg.rows import dict_row
 
-from ..access import Access, guard, state
+from ..access import Access, GuardedRoute, guard, state
 from ..models import Me, Organisation, Token
 from ..problems import Problem, responses
 from ..security import issue_token, verify_password
 
-router = APIRouter(prefix="/v1", tags=["auth"])
+router = APIRouter(prefix="/v1", tags=["auth"], route_class=GuardedRoute)
 
 
 def allow(permission: str, scope: Any = None) -> Any:
-    """The guard as a dependency that finishes (commits the audit rows) before the response leaves."""
-    return Depends(guard(permission, scope), scope="function")
+    """The guard as a dependency (the endpoint's thread commits the audit rows before it returns)."""
+    return Depends(guard(permission, scope))
 
 
 @router.post("/auth/token", response_model=Token, operation_id="login",

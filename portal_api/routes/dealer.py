@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from .. import leads as lead_logic
 from .. import queries, webhooks
-from ..access import Access, Scope
+from ..access import Access, GuardedRoute, Scope
 from ..models import (
     CustomerVehicle,
     FunnelRow,
@@ -25,12 +25,12 @@ from ..models import (
     WebhookDelivery,
     WebhookIn,
 )
-from ..pagination import Page, decode_cursor, page_of
+from ..pagination import Page, decode_cursor, page_of, page_response
 from ..problems import Problem, responses
 from ..queries import iso
 from .common import allow
 
-router = APIRouter(prefix="/v1/dealer", tags=["dealer"])
+router = APIRouter(prefix="/v1/dealer", tags=["dealer"], route_class=GuardedRoute)
 ERR = responses(400, 401, 403, 422, 429)
 ERR404 = responses(400, 401, 403, 404, 422, 429)
 LIMIT = Query(50, ge=1, le=500, description="Items per page")
@@ -52,13 +52,13 @@ def _with_owner(access: Access, items: list[dict[str, Any]]) -> list[dict[str, A
 @router.get("/vehicles", response_model=Page[CustomerVehicle], operation_id="dealer_vehicles", responses=ERR,
             summary="Customers' vehicles (consented to vehicle_health) with a health overview")
 def dealer_vehicles(access: Access = allow("dealer.vehicles", Scope.VEHICLE_HEALTH), limit: int = LIMIT,
-                    cursor: str | None = CURSOR) -> Page[CustomerVehicle]:
+                    cursor: str | None = CURSOR) -> Response:
     key = decode_cursor(cursor, 1)
     # the owners' contact details (service_contact) come in the same statement as the health page
     rows = queries.vehicles_health(access, after=int(key[0]) if key else None, limit=limit,
                                    contact=Scope.SERVICE_CONTACT)
     rows, nxt = page_of(rows, limit, lambda r: [r["vehicle_id"]])
-    return Page[CustomerVehicle](items=rows, next_cursor=nxt)
+    return page_response(rows, nxt, CustomerVehicle)
 
 
 @router.get("/vehicles/{vehicle_id}", response_model=CustomerVehicle, operation_id="dealer_vehicle",
@@ -119,7 +119,7 @@ LeadKind = Literal["new_dtc", "overheating", "weak_battery", "warmup_failure", "
 def dealer_leads(access: Access = allow("dealer.leads.read", Scope.SERVICE_CONTACT), state: LeadState | None = None,
                  kind: LeadKind | None = None, assigned_to: int | None = Query(None, ge=1, le=2**62),
                  since: dt.datetime | None = None, until: dt.datetime | None = None,
-                 limit: int = LIMIT, cursor: str | None = CURSOR) -> Page[Lead]:
+                 limit: int = LIMIT, cursor: str | None = CURSOR) -> Response:
     where, params = _lead_filters(state, kind, assigned_to, since, until)
     key = decode_cursor(cursor, 1)
     if key:
@@ -128,7 +128,7 @@ def dealer_leads(access: Access = allow("dealer.leads.read", Scope.SERVICE_CONTA
     sql = LEAD_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY l.lead_id DESC LIMIT %(lim)s"
     rows = access.fetch(sql, {**params, "org": access.caller.org_id, "lim": limit + 1})
     rows, nxt = page_of(rows, limit, lambda r: [r["lead_id"]])
-    return Page[Lead](items=[_lead(r) for r in rows], next_cursor=nxt)
+    return page_response([_lead(r) for r in rows], nxt, Lead)
 
 
 def _csv_cell(value: Any) -> Any:

@@ -12,13 +12,13 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from ..access import Access, Audience, Scope
+from ..access import Access, Audience, GuardedRoute, Scope
 from ..models import FeedPage
 from ..problems import responses
 from ..queries import iso
 from .common import allow
 
-router = APIRouter(prefix="/v1", tags=["partner feed"])
+router = APIRouter(prefix="/v1", tags=["partner feed"], route_class=GuardedRoute)
 
 TRIP_FIELDS = ("trip_id", "kind", "start_ts", "end_ts", "is_open", "distance_m", "duration_s", "driving_s", "idle_s",
                "max_speed_kmh", "avg_speed_kmh", "fuel_l", "night_share", "urban_share", "rural_share",

@@ -10,41 +10,32 @@ import datetime as dt
 import statistics
 from typing import Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from .. import queries
-from ..access import Access, Scope
+from ..access import Access, GuardedRoute, Scope
 from ..models import DrivingEvent, MileagePeriod, Policyholder, ScoreDistribution, ScorePeriod, Trip
-from ..pagination import Page, decode_cursor, page_of
+from ..pagination import Page, decode_cursor, page_of, page_response
 from ..problems import responses
 from .common import allow
 
-router = APIRouter(prefix="/v1/insurer", tags=["insurer"])
+router = APIRouter(prefix="/v1/insurer", tags=["insurer"], route_class=GuardedRoute)
 ERR = responses(400, 401, 403, 422, 429)
 ERR404 = responses(400, 401, 403, 404, 422, 429)
 LIMIT = Query(50, ge=1, le=500, description="Items per page")
 CURSOR = Query(None, max_length=200, description="next_cursor of the previous page")
 K_ANONYMITY = 5
 
+# The 30-day figures come precomputed from vehicle_summaries (migration 0009; refreshed by every
+# analytics run, and at least every six hours), as of ``scores_as_of``.
 POLICYHOLDERS_SQL = """
 SELECT vis.vehicle_id, vis.owner_id, vis.purpose, o.display_name, v.vin, v.make, v.model,
-       sc.score_30d, coalesce(sc.distance_m, 0) AS distance_m, coalesce(sc.days, 0) AS scored_days,
-       coalesce(ev.events, '{}'::jsonb) AS events
+       sm.score_30d, coalesce(sm.distance_m_30d, 0) AS distance_m, coalesce(sm.scored_days_30d, 0) AS scored_days,
+       coalesce(sm.events_30d, '{}'::jsonb) AS events, sm.computed_at AS scores_as_of
 FROM visible vis
 JOIN vehicles v ON v.vehicle_id = vis.vehicle_id
 JOIN owners o ON o.owner_id = vis.owner_id
-LEFT JOIN LATERAL (
-    SELECT sum(s.score * greatest(s.distance_m, 1)) / nullif(sum(greatest(s.distance_m, 1))
-               FILTER (WHERE s.score IS NOT NULL), 0) AS score_30d,
-           sum(s.distance_m) AS distance_m, count(s.score) AS days
-    FROM devices d JOIN scores s ON s.device_key = d.device_key AND s.scope = 'day'
-         AND s.period_start >= now() - interval '30 days'
-    WHERE d.vehicle_id = v.vehicle_id) sc ON true
-LEFT JOIN LATERAL (
-    SELECT jsonb_object_agg(x.kind, x.n) AS events FROM (
-        SELECT e.kind, count(*) AS n FROM devices d JOIN driving_events e ON e.device_key = d.device_key
-             AND e.ts >= now() - interval '30 days'
-        WHERE d.vehicle_id = v.vehicle_id GROUP BY e.kind) x) ev ON true
+LEFT JOIN vehicle_summaries sm ON sm.vehicle_id = v.vehicle_id
 """
 
 
@@ -53,19 +44,21 @@ def _policyholder(r: dict[str, Any]) -> dict[str, Any]:
             "vin": r["vin"], "make": r["make"], "model": r["model"],
             "score_30d": round(float(r["score_30d"]), 1) if r["score_30d"] is not None else None,
             "distance_km_30d": round(float(r["distance_m"]) / 1000.0, 3), "scored_days_30d": int(r["scored_days"]),
-            "events_30d": {k: int(v) for k, v in (r["events"] or {}).items()}}
+            "events_30d": {k: int(v) for k, v in (r["events"] or {}).items()},
+            "scores_as_of": r["scores_as_of"].isoformat() if r["scores_as_of"] else None}
 
 
 @router.get("/policyholders", response_model=Page[Policyholder], operation_id="insurer_policyholders",
             responses=ERR, summary="Policyholders who consented to driving_score, with their 30-day score")
 def insurer_policyholders(access: Access = allow("insurer.policyholders", Scope.DRIVING_SCORE), limit: int = LIMIT,
-                          cursor: str | None = CURSOR) -> Page[Policyholder]:
+                          cursor: str | None = CURSOR) -> Response:
     key = decode_cursor(cursor, 1)
     where = " WHERE vis.vehicle_id > %(after)s" if key else ""
     rows = access.fetch(POLICYHOLDERS_SQL + where + " ORDER BY vis.vehicle_id LIMIT %(lim)s",
-                        {"after": int(key[0]) if key else None, "lim": limit + 1})
+                        {"after": int(key[0]) if key else None, "lim": limit + 1}, audit=False)
     rows, nxt = page_of(rows, limit, lambda r: [r["vehicle_id"]])
-    return Page[Policyholder](items=[_policyholder(r) for r in rows], next_cursor=nxt)
+    access.audit_rows(rows, Scope.DRIVING_SCORE)  # the page; the look-ahead row is not shown
+    return page_response([_policyholder(r) for r in rows], nxt, Policyholder)
 
 
 @router.get("/policyholders/{vehicle_id}", response_model=Policyholder, operation_id="insurer_policyholder",
@@ -104,7 +97,7 @@ def insurer_mileage(vehicle_id: int = Path(ge=1, le=2**62), period: Period = "mo
 def insurer_trips(vehicle_id: int = Path(ge=1, le=2**62),
                   since: dt.datetime | None = None, until: dt.datetime | None = None,
                   limit: int = LIMIT, cursor: str | None = CURSOR,
-                  access: Access = allow("insurer.policyholders", Scope.TRIP_SUMMARY)) -> Page[Trip]:
+                  access: Access = allow("insurer.policyholders", Scope.TRIP_SUMMARY)) -> Response:
     access.require_vehicle(vehicle_id)
     places = access.can_see(vehicle_id, Scope.LOCATION_HISTORY)
     rows = queries.trips(access, vehicle_id=vehicle_id, since=since, until=until, cursor=decode_cursor(cursor, 2),
@@ -112,7 +105,7 @@ def insurer_trips(vehicle_id: int = Path(ge=1, le=2**62),
     if places:
         access.audit_rows([places] * len(rows), Scope.LOCATION_HISTORY)
     rows, nxt = page_of(rows, limit, lambda r: [r["start_ts"], r["trip_id"]])
-    return Page[Trip](items=rows, next_cursor=nxt)
+    return page_response(rows, nxt, Trip)
 
 
 @router.get("/policyholders/{vehicle_id}/events", response_model=Page[DrivingEvent], operation_id="insurer_events",
@@ -123,7 +116,7 @@ def insurer_events(vehicle_id: int = Path(ge=1, le=2**62),
                    kind: list[Literal["harsh_acceleration", "harsh_braking", "harsh_cornering", "speeding",
                                       "over_revving", "long_idling"]] | None = Query(None),
                    limit: int = LIMIT, cursor: str | None = CURSOR,
-                   access: Access = allow("insurer.policyholders", Scope.DRIVING_SCORE)) -> Page[DrivingEvent]:
+                   access: Access = allow("insurer.policyholders", Scope.DRIVING_SCORE)) -> Response:
     access.require_vehicle(vehicle_id)
     places = access.can_see(vehicle_id, Scope.LOCATION_HISTORY)
     rows = queries.events(access, vehicle_id=vehicle_id, trip_id=None, since=since, until=until,
@@ -132,7 +125,7 @@ def insurer_events(vehicle_id: int = Path(ge=1, le=2**62),
     if places:
         access.audit_rows([places] * len(rows), Scope.LOCATION_HISTORY)
     rows, nxt = page_of(rows, limit, lambda r: [r["ts"], r["event_id"]])
-    return Page[DrivingEvent](items=rows, next_cursor=nxt)
+    return page_response(rows, nxt, DrivingEvent)
 
 
 @router.get("/portfolio/score-distribution", response_model=ScoreDistribution,

@@ -9,15 +9,15 @@ from typing import Any
 from fastapi import APIRouter, Path, Query, Response
 
 from .. import queries
-from ..access import Access, Scope
+from ..access import Access, GuardedRoute, Scope
 from ..erasure import erase_owner, export_owner
 from ..geojson import collection, feature
 from ..models import AccessRecord, Consent, ConsentIn, Erasure, ErasureIn, ScoreExplanation, Trip, VehicleHealth
-from ..pagination import Page, decode_cursor, page_of
+from ..pagination import Page, decode_cursor, page_of, page_response
 from ..problems import Problem, responses
 from .common import allow
 
-router = APIRouter(prefix="/v1/me", tags=["driver"])
+router = APIRouter(prefix="/v1/me", tags=["driver"], route_class=GuardedRoute)
 ERR = responses(400, 401, 403, 422, 429)
 ERR404 = responses(400, 401, 403, 404, 422, 429)
 LIMIT = Query(50, ge=1, le=500, description="Items per page")
@@ -55,7 +55,7 @@ def me_vehicle_health(vehicle_id: int = Path(ge=1, le=2**62),
 def me_trips(vehicle_id: int = Path(ge=1, le=2**62),
                   since: dt.datetime | None = None, until: dt.datetime | None = None,
              limit: int = LIMIT, cursor: str | None = CURSOR,
-             access: Access = allow("me", Scope.TRIP_SUMMARY)) -> Page[Trip]:
+             access: Access = allow("me", Scope.TRIP_SUMMARY)) -> Response:
     access.require_vehicle(vehicle_id)
     rows = queries.trips(access, vehicle_id=vehicle_id, since=since, until=until, cursor=decode_cursor(cursor, 2),
                          limit=limit, with_places=True)
@@ -64,7 +64,7 @@ def me_trips(vehicle_id: int = Path(ge=1, le=2**62),
     for r in rows:
         s = scores.get(r["trip_id"])
         r["score"] = s["score"] if s else None
-    return Page[Trip](items=rows, next_cursor=nxt)
+    return page_response(rows, nxt, Trip)
 
 
 @router.get("/trips/{trip_id}", operation_id="me_trip", responses=ERR404,
@@ -181,7 +181,7 @@ def me_revoke_consent(consent_id: int = Path(ge=1, le=2**62), access: Access = a
 @router.get("/access-log", response_model=Page[AccessRecord], operation_id="me_access_log", responses=ERR,
             summary="Who read my data, when, which scope and for what purpose (newest first)")
 def me_access_log(limit: int = LIMIT, cursor: str | None = CURSOR, since: dt.datetime | None = None,
-                  access: Access = allow("me")) -> Page[AccessRecord]:
+                  access: Access = allow("me")) -> Response:
     key = decode_cursor(cursor, 1)
     params: dict[str, Any] = {"oid": access.caller.owner_id, "lim": limit + 1}
     where = ["a.owner_id = %(oid)s"]
@@ -195,10 +195,9 @@ def me_access_log(limit: int = LIMIT, cursor: str | None = CURSOR, since: dt.dat
         "SELECT a.*, o.name FROM audit_log a LEFT JOIN organisations o ON o.org_id = a.org_id WHERE "
         + " AND ".join(where) + " ORDER BY a.audit_id DESC LIMIT %(lim)s", params).fetchall()
     rows, nxt = page_of(rows, limit, lambda r: [r["audit_id"]])
-    return Page[AccessRecord](items=[{"at": r["at"].isoformat(), "who": r["actor_label"], "organisation": r["name"],
-                                      "vehicle_id": r["vehicle_id"], "scope": r["scope"], "purpose": r["purpose"],
-                                      "action": r["action"], "records": r["records"]} for r in rows],
-                              next_cursor=nxt)
+    return page_response([{"at": r["at"].isoformat(), "who": r["actor_label"], "organisation": r["name"],
+                           "vehicle_id": r["vehicle_id"], "scope": r["scope"], "purpose": r["purpose"],
+                           "action": r["action"], "records": r["records"]} for r in rows], nxt, AccessRecord)
 
 
 @router.get("/export", operation_id="me_export", responses=ERR, response_class=Response,

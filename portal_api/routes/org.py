@@ -7,13 +7,13 @@ from typing import Any
 import psycopg
 from fastapi import APIRouter, Path, Response
 
-from ..access import Access
+from ..access import Access, GuardedRoute
 from ..models import ApiKey, ApiKeyIn, User, UserIn
 from ..problems import Problem, responses
 from ..security import api_key_hash, hash_password, new_api_key
 from .common import allow
 
-router = APIRouter(prefix="/v1/org", tags=["organisation"])
+router = APIRouter(prefix="/v1/org", tags=["organisation"], route_class=GuardedRoute)
 ERR = responses(400, 401, 403, 409, 422, 429)
 
 

@@ -107,6 +107,8 @@ def build_world(dsn: str) -> World:
             conn.execute("UPDATE vehicles SET make = 'VW', model = 'Golf', model_year = %s WHERE vehicle_id = %s",
                          (2012 + i, vid))
             _seed_vehicle(conn, world, owner, dk, now, i)
+        # what an analytics run does after writing results: the portal's per-vehicle summaries
+        conn.execute("SELECT vinsight_refresh_vehicle_summaries()")
         for (owner, org), (scopes, state) in CONSENTS.items():
             day = dt.timedelta(days=1)
             grant(conn, world, owner, org, scopes, expires=now - day if state == "expired" else None,
