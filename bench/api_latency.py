@@ -24,8 +24,8 @@ What it does, in one run on this machine:
   whole access layer: token, user re-read, permission, rate limit, consent-scoped query, audit rows.
   After ``--warmup`` seconds, requests *started and finished* within ``--seconds`` count.
 * **baseline** (named ``raw-sql``): the same three reads without HTTP, authentication or audit: the
-  same ``portal_api`` query functions (``visible`` CTE, HEALTH_SQL + owners, POLICYHOLDERS_SQL,
-  vehicle check + trips + trip scores) called over psycopg from ``--clients`` threads, same mix,
+  same ``portal_api`` query functions (``visible`` relation, HEALTH_SQL + owners, POLICYHOLDERS_SQL,
+  vehicle check + trips with their scores) called over psycopg from ``--clients`` threads, same mix,
   same paging. ``ratio`` = API requests/s / raw-sql reads/s (the share of the database-bound
   throughput the HTTP API keeps); the p50 latency ratio is printed beside it.
 
@@ -69,7 +69,6 @@ from ingest.migrate import migrate  # noqa: E402
 from ingest.partitions import ensure_partitions  # noqa: E402
 from portal_api import queries  # noqa: E402
 from portal_api.access import Access, Audience, Caller, Scope  # noqa: E402
-from portal_api.routes import dealer as dealer_routes  # noqa: E402
 from portal_api.routes import insurer as insurer_routes  # noqa: E402
 from portal_api.security import hash_password, issue_token  # noqa: E402
 from vinsight.embedded import free_port, wait_for_port  # noqa: E402
@@ -507,18 +506,14 @@ def sql_reads(db_url: str, world: dict[str, Any], clients: int, warmup: float, s
 
     def dealer_read(conn: psycopg.Connection, who: Any, cursor: Any) -> Any:
         acc = _Unaudited(dealer, conn, Scope.VEHICLE_HEALTH, "baseline")
-        rows = queries.vehicles_health(acc, after=cursor, limit=PAGE)
-        more = len(rows) > PAGE
-        rows = dealer_routes._with_owner(acc, rows[:PAGE])
-        return rows[-1]["vehicle_id"] if more else None
+        items = queries.vehicles_health(acc, after=cursor, limit=PAGE, contact=Scope.SERVICE_CONTACT)
+        return items[PAGE - 1].vehicle_id if len(items) > PAGE else None
 
     def insurer_read(conn: psycopg.Connection, who: Any, cursor: Any) -> Any:
         acc = _Unaudited(insurer, conn, Scope.DRIVING_SCORE, "baseline")
         where = " WHERE vis.vehicle_id > %(after)s" if cursor else ""
         rows = acc.fetch(insurer_routes.POLICYHOLDERS_SQL + where + " ORDER BY vis.vehicle_id LIMIT %(lim)s",
                          {"after": cursor, "lim": PAGE + 1})
-        for r in rows[:PAGE]:
-            insurer_routes._policyholder(r)
         return rows[PAGE - 1]["vehicle_id"] if len(rows) > PAGE else None
 
     def driver_read(conn: psycopg.Connection, who: Any, cursor: Any) -> Any:
@@ -526,11 +521,9 @@ def sql_reads(db_url: str, world: dict[str, Any], clients: int, warmup: float, s
         caller = Caller("user", who[0], "baseline", "driver", Audience.DRIVER, owner_id=owner_of[vid])
         acc = _Unaudited(caller, conn, Scope.TRIP_SUMMARY, "baseline")
         acc.require_vehicle(vid)
-        rows = queries.trips(acc, vehicle_id=vid, since=None, until=None, cursor=cursor, limit=PAGE, with_places=True)
-        more = len(rows) > PAGE
-        rows = rows[:PAGE]
-        queries.trip_scores(acc, [r["trip_id"] for r in rows])
-        return [rows[-1]["start_ts"], rows[-1]["trip_id"]] if more else None
+        items = queries.trip_items(acc, vehicle_id=vid, since=None, until=None, cursor=cursor, limit=PAGE,
+                                   with_places=True, with_score=True)
+        return items[PAGE - 1].key if len(items) > PAGE else None
 
     reads = {"dealer_vehicles": dealer_read, "insurer_policyholders": insurer_read, "driver_trips": driver_read}
     win = Window()

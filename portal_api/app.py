@@ -109,7 +109,8 @@ def create_app(settings: PortalSettings | None = None, *, start_jobs: bool | Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = ConnectionPool(settings.db_url, min_size=settings.pool_min, max_size=settings.pool_max, open=True,
-                              kwargs={"application_name": "vinsight-portal"}, configure=_configure_connection)
+                              kwargs={"application_name": "vinsight-portal", "options": "-c TimeZone=UTC"},
+                              configure=_configure_connection)
         app.state.portal = PortalState(settings, pool, RateLimiter(settings.rate_limit_per_min),
                                        RateLimiter(settings.login_rate_limit_per_min))
         jobs = BackgroundJobs(settings, pool)

@@ -10,6 +10,7 @@ import base64
 import decimal
 import json
 import os
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -74,12 +75,33 @@ def page_response(items: list[dict[str, Any]], next_cursor: str | None, model: t
     payload = {"items": items, "next_cursor": next_cursor}
     body = orjson.dumps(payload, default=_json_default)
     if CHECK_PAGES:
-        adapter = _adapters.get(model) or _adapters.setdefault(model, TypeAdapter(Page[model]))  # type: ignore[valid-type]
-        expected = adapter.dump_python(adapter.validate_python(payload), mode="json")
-        if orjson.loads(body) != expected:
-            raise AssertionError(f"page of {model.__name__} differs from its response model: "
-                                 f"sent {orjson.loads(body)!r}, model gives {expected!r}")
+        _check(orjson.loads(body), model)
     return Response(body, media_type="application/json")
+
+
+def json_page_response(items: Sequence[str | bytes], next_cursor: str | None, model: type[BaseModel]) -> Response:
+    """:func:`page_response` for items that are JSON text already (built by PostgreSQL)."""
+    parts = [i.encode() if isinstance(i, str) else i for i in items]
+    body = b"".join((b'{"items":[', b",".join(parts), b'],"next_cursor":', orjson.dumps(next_cursor), b"}"))
+    if CHECK_PAGES:
+        _check(orjson.loads(body), model)
+    return Response(body, media_type="application/json")
+
+
+def keyset_page(items: list[T], limit: int, key: Callable[[T], list[Any]]) -> tuple[list[T], str | None]:
+    """:func:`page_of` for any items: fetched with ``LIMIT limit + 1``, trimmed, and the next cursor."""
+    if len(items) > limit:
+        items = items[:limit]
+        return items, encode_cursor(key(items[-1]))
+    return items, None
+
+
+def _check(sent: Any, model: type[BaseModel]) -> None:
+    adapter = _adapters.get(model) or _adapters.setdefault(model, TypeAdapter(Page[model]))  # type: ignore[valid-type]
+    expected = adapter.dump_python(adapter.validate_python(sent), mode="json")
+    if sent != expected:
+        raise AssertionError(f"page of {model.__name__} differs from its response model: "
+                             f"sent {sent!r}, model gives {expected!r}")
 
 
 _adapters: dict[type[BaseModel], TypeAdapter[Any]] = {}

@@ -25,7 +25,7 @@ from ..models import (
     WebhookDelivery,
     WebhookIn,
 )
-from ..pagination import Page, decode_cursor, page_of, page_response
+from ..pagination import Page, decode_cursor, json_page_response, keyset_page, page_of, page_response
 from ..problems import Problem, responses
 from ..queries import iso
 from .common import allow
@@ -55,20 +55,20 @@ def dealer_vehicles(access: Access = allow("dealer.vehicles", Scope.VEHICLE_HEAL
                     cursor: str | None = CURSOR) -> Response:
     key = decode_cursor(cursor, 1)
     # the owners' contact details (service_contact) come in the same statement as the health page
-    rows = queries.vehicles_health(access, after=int(key[0]) if key else None, limit=limit,
-                                   contact=Scope.SERVICE_CONTACT)
-    rows, nxt = page_of(rows, limit, lambda r: [r["vehicle_id"]])
-    return page_response(rows, nxt, CustomerVehicle)
+    items = queries.vehicles_health(access, after=int(key[0]) if key else None, limit=limit,
+                                    contact=Scope.SERVICE_CONTACT)
+    items, nxt = keyset_page(items, limit, lambda i: [i.vehicle_id])
+    return json_page_response([i.json for i in items], nxt, CustomerVehicle)
 
 
 @router.get("/vehicles/{vehicle_id}", response_model=CustomerVehicle, operation_id="dealer_vehicle",
             responses=ERR404, summary="One customer vehicle's health")
 def dealer_vehicle(vehicle_id: int = Path(ge=1, le=2**62),
                    access: Access = allow("dealer.vehicles", Scope.VEHICLE_HEALTH)) -> dict[str, Any]:
-    rows = queries.vehicles_health(access, after=None, limit=1, vehicle_id=vehicle_id)
-    if not rows:
+    items = queries.vehicles_health(access, after=None, limit=1, vehicle_id=vehicle_id)
+    if not items:
         access.require_vehicle(vehicle_id)
-    return _with_owner(access, rows[:1])[0]
+    return _with_owner(access, [items[0].as_dict()])[0]
 
 
 @router.post("/vehicles/{vehicle_id}/service-records", status_code=201, operation_id="dealer_record_service",

@@ -10,12 +10,13 @@ import datetime as dt
 import statistics
 from typing import Any, Literal
 
+import orjson
 from fastapi import APIRouter, Path, Query, Response
 
 from .. import queries
 from ..access import Access, GuardedRoute, Scope
 from ..models import DrivingEvent, MileagePeriod, Policyholder, ScoreDistribution, ScorePeriod, Trip
-from ..pagination import Page, decode_cursor, page_of, page_response
+from ..pagination import Page, decode_cursor, json_page_response, keyset_page, page_of, page_response
 from ..problems import responses
 from .common import allow
 
@@ -31,21 +32,19 @@ K_ANONYMITY = 5
 POLICYHOLDERS_SQL = """
 SELECT vis.vehicle_id, vis.owner_id, vis.purpose, o.display_name, v.vin, v.make, v.model,
        sm.score_30d, coalesce(sm.distance_m_30d, 0) AS distance_m, coalesce(sm.scored_days_30d, 0) AS scored_days,
-       coalesce(sm.events_30d, '{}'::jsonb) AS events, sm.computed_at AS scores_as_of
+       coalesce(sm.events_30d, '{}'::jsonb) AS events, sm.computed_at AS scores_as_of,
+       json_build_object('vehicle_id', vis.vehicle_id, 'owner_id', vis.owner_id, 'display_name', o.display_name,
+                         'vin', v.vin, 'make', v.make, 'model', v.model,
+                         'score_30d', round(sm.score_30d::numeric, 1),
+                         'distance_km_30d', round((coalesce(sm.distance_m_30d, 0) / 1000.0)::numeric, 3),
+                         'scored_days_30d', coalesce(sm.scored_days_30d, 0),
+                         'events_30d', coalesce(sm.events_30d, '{}'::jsonb),
+                         'scores_as_of', sm.computed_at)::text AS item
 FROM visible vis
 JOIN vehicles v ON v.vehicle_id = vis.vehicle_id
 JOIN owners o ON o.owner_id = vis.owner_id
 LEFT JOIN vehicle_summaries sm ON sm.vehicle_id = v.vehicle_id
 """
-
-
-def _policyholder(r: dict[str, Any]) -> dict[str, Any]:
-    return {"vehicle_id": r["vehicle_id"], "owner_id": r["owner_id"], "display_name": r["display_name"],
-            "vin": r["vin"], "make": r["make"], "model": r["model"],
-            "score_30d": round(float(r["score_30d"]), 1) if r["score_30d"] is not None else None,
-            "distance_km_30d": round(float(r["distance_m"]) / 1000.0, 3), "scored_days_30d": int(r["scored_days"]),
-            "events_30d": {k: int(v) for k, v in (r["events"] or {}).items()},
-            "scores_as_of": r["scores_as_of"].isoformat() if r["scores_as_of"] else None}
 
 
 @router.get("/policyholders", response_model=Page[Policyholder], operation_id="insurer_policyholders",
@@ -58,7 +57,7 @@ def insurer_policyholders(access: Access = allow("insurer.policyholders", Scope.
                         {"after": int(key[0]) if key else None, "lim": limit + 1}, audit=False)
     rows, nxt = page_of(rows, limit, lambda r: [r["vehicle_id"]])
     access.audit_rows(rows, Scope.DRIVING_SCORE)  # the page; the look-ahead row is not shown
-    return page_response([_policyholder(r) for r in rows], nxt, Policyholder)
+    return json_page_response([r["item"] for r in rows], nxt, Policyholder)
 
 
 @router.get("/policyholders/{vehicle_id}", response_model=Policyholder, operation_id="insurer_policyholder",
@@ -67,7 +66,8 @@ def insurer_policyholder(vehicle_id: int = Path(ge=1, le=2**62),
                          access: Access = allow("insurer.policyholders", Scope.DRIVING_SCORE)) -> dict[str, Any]:
     access.require_vehicle(vehicle_id)
     rows = access.fetch(POLICYHOLDERS_SQL + " WHERE vis.vehicle_id = %(vid)s", {"vid": vehicle_id})
-    return _policyholder(rows[0])
+    out: dict[str, Any] = orjson.loads(rows[0]["item"])
+    return out
 
 
 Period = Literal["day", "week", "month"]
@@ -100,12 +100,12 @@ def insurer_trips(vehicle_id: int = Path(ge=1, le=2**62),
                   access: Access = allow("insurer.policyholders", Scope.TRIP_SUMMARY)) -> Response:
     access.require_vehicle(vehicle_id)
     places = access.can_see(vehicle_id, Scope.LOCATION_HISTORY)
-    rows = queries.trips(access, vehicle_id=vehicle_id, since=since, until=until, cursor=decode_cursor(cursor, 2),
-                         limit=limit, with_places=places is not None)
+    items = queries.trip_items(access, vehicle_id=vehicle_id, since=since, until=until,
+                               cursor=decode_cursor(cursor, 2), limit=limit, with_places=places is not None)
+    items, nxt = keyset_page(items, limit, lambda t: t.key)
     if places:
-        access.audit_rows([places] * len(rows), Scope.LOCATION_HISTORY)
-    rows, nxt = page_of(rows, limit, lambda r: [r["start_ts"], r["trip_id"]])
-    return page_response(rows, nxt, Trip)
+        access.audit_rows([places] * len(items), Scope.LOCATION_HISTORY)
+    return json_page_response([t.json for t in items], nxt, Trip)
 
 
 @router.get("/policyholders/{vehicle_id}/events", response_model=Page[DrivingEvent], operation_id="insurer_events",

@@ -13,7 +13,7 @@ from ..access import Access, GuardedRoute, Scope
 from ..erasure import erase_owner, export_owner
 from ..geojson import collection, feature
 from ..models import AccessRecord, Consent, ConsentIn, Erasure, ErasureIn, ScoreExplanation, Trip, VehicleHealth
-from ..pagination import Page, decode_cursor, page_of, page_response
+from ..pagination import Page, decode_cursor, json_page_response, keyset_page, page_of, page_response
 from ..problems import Problem, responses
 from .common import allow
 
@@ -37,17 +37,17 @@ TIPS = {
 @router.get("/vehicles", response_model=list[VehicleHealth], operation_id="me_vehicles", responses=ERR,
             summary="My vehicles with their health")
 def me_vehicles(access: Access = allow("me", Scope.VEHICLE_HEALTH)) -> list[dict[str, Any]]:
-    return queries.vehicles_health(access, after=None, limit=1000)
+    return [i.as_dict() for i in queries.vehicles_health(access, after=None, limit=1000)]
 
 
 @router.get("/vehicles/{vehicle_id}/health", response_model=VehicleHealth, operation_id="me_vehicle_health",
             responses=ERR404, summary="One of my vehicles' health: trouble codes, battery, service due")
 def me_vehicle_health(vehicle_id: int = Path(ge=1, le=2**62),
                       access: Access = allow("me", Scope.VEHICLE_HEALTH)) -> dict[str, Any]:
-    rows = queries.vehicles_health(access, after=None, limit=1, vehicle_id=vehicle_id)
-    if not rows:
+    items = queries.vehicles_health(access, after=None, limit=1, vehicle_id=vehicle_id)
+    if not items:
         access.require_vehicle(vehicle_id)
-    return rows[0]
+    return items[0].as_dict()
 
 
 @router.get("/vehicles/{vehicle_id}/trips", response_model=Page[Trip], operation_id="me_trips", responses=ERR404,
@@ -57,14 +57,10 @@ def me_trips(vehicle_id: int = Path(ge=1, le=2**62),
              limit: int = LIMIT, cursor: str | None = CURSOR,
              access: Access = allow("me", Scope.TRIP_SUMMARY)) -> Response:
     access.require_vehicle(vehicle_id)
-    rows = queries.trips(access, vehicle_id=vehicle_id, since=since, until=until, cursor=decode_cursor(cursor, 2),
-                         limit=limit, with_places=True)
-    rows, nxt = page_of(rows, limit, lambda r: [r["start_ts"], r["trip_id"]])
-    scores = queries.trip_scores(access, [r["trip_id"] for r in rows])
-    for r in rows:
-        s = scores.get(r["trip_id"])
-        r["score"] = s["score"] if s else None
-    return page_response(rows, nxt, Trip)
+    items = queries.trip_items(access, vehicle_id=vehicle_id, since=since, until=until,
+                               cursor=decode_cursor(cursor, 2), limit=limit, with_places=True, with_score=True)
+    items, nxt = keyset_page(items, limit, lambda t: t.key)
+    return json_page_response([t.json for t in items], nxt, Trip)
 
 
 @router.get("/trips/{trip_id}", operation_id="me_trip", responses=ERR404,
