@@ -343,6 +343,11 @@ class PendingAccess:
         st = state(self.request)
         conn = st.pool.getconn()
         try:
+            # A read (GET) needs no transaction of its own: under READ COMMITTED every statement sees
+            # its own snapshot either way, and its one write, the audit rows, is a single statement
+            # that is durable before the response leaves. Autocommit saves the BEGIN and COMMIT
+            # round trips. Writes (POST, PATCH, DELETE) run in one transaction, committed at the end.
+            conn.autocommit = self.request.method in ("GET", "HEAD")
             conn.row_factory = dict_row
             caller = authenticate(conn, self.creds)
             if (caller.audience, caller.role) not in self.allowed:
@@ -386,6 +391,7 @@ def _give_back(pool: ConnectionPool, conn: psycopg.Connection, *, commit: bool) 
             conn.commit()
         else:
             conn.rollback()
+        conn.autocommit = False  # as the pool's other users expect it
     finally:
         pool.putconn(conn)
 

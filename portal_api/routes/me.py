@@ -56,9 +56,10 @@ def me_trips(vehicle_id: int = Path(ge=1, le=2**62),
                   since: dt.datetime | None = None, until: dt.datetime | None = None,
              limit: int = LIMIT, cursor: str | None = CURSOR,
              access: Access = allow("me", Scope.TRIP_SUMMARY)) -> Response:
-    access.require_vehicle(vehicle_id)
     items = queries.trip_items(access, vehicle_id=vehicle_id, since=since, until=until,
                                cursor=decode_cursor(cursor, 2), limit=limit, with_places=True, with_score=True)
+    if not items:  # none, or not my vehicle (404): only then the extra question
+        access.require_vehicle(vehicle_id)
     items, nxt = keyset_page(items, limit, lambda t: t.key)
     return json_page_response([t.json for t in items], nxt, Trip)
 
