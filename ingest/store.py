@@ -326,9 +326,12 @@ class IngestStore:
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO dead_letters (topic, device_id, content_type, reason, detail, sample_index, sample,"
-                " payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                " payload, fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                # the same message delivered again (QoS 1 redelivery): one row, counted (migration 0010)
+                " ON CONFLICT (fingerprint, reason) WHERE fingerprint IS NOT NULL DO UPDATE"
+                " SET deliveries = dead_letters.deliveries + 1, last_received_at = now()",
                 [(d.topic, d.device_id, d.content_type, d.reason, d.detail, d.sample_index,
-                  None if d.sample is None else Jsonb(d.sample), d.payload) for d in dead],
+                  None if d.sample is None else Jsonb(d.sample), d.payload, d.fingerprint) for d in dead],
             )
         for d in dead:
             result.dead_letters[d.reason] += 1

@@ -210,3 +210,39 @@ def test_copy_redelivery_takes_the_dedup_path(db):
     _store(db, [b, _drive("car-dup", int(time.time() * 1000) - 200_000, 100, seq0=300, boot=b.boot_id)])
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT (boot_id, seq)) FROM samples").fetchone() == (400, 400)
+
+
+def test_a_redelivered_refused_message_is_one_dead_letter_counted_twice(db):
+    now = int(time.time() * 1000)
+    good = _drive("car-dl", now - 600_000, 3)
+    # one message refused whole (garbage), one with a single impossible sample among good ones
+    garbage = Delivery(topics.samples("car-dl"), b"\x00not a batch", codec.CT_SAMPLES_BINARY, now)
+    mixed_batch = SampleBatch.from_samples("car-dl", good.boot_id, [
+        *good.samples(), Sample(3, now - 590_000, {"speed": 9_999.0})])
+    mixed = Delivery(topics.samples("car-dl"), codec.encode_samples_json(mixed_batch), codec.CT_SAMPLES_JSON, now)
+    other = Delivery(topics.samples("car-dl"), b"\x00other garbage", codec.CT_SAMPLES_BINARY, now)
+
+    def deliver(*deliveries: Delivery) -> dict[str, int]:
+        flush = Flush()
+        for d in deliveries:
+            flush.add(d, process_delivery(d, now))
+        store = IngestStore(db)
+        try:
+            return dict(store.write(flush).dead_letters)
+        finally:
+            store.close()
+
+    first = deliver(garbage, mixed)
+    assert sum(first.values()) == 2
+    deliver(garbage, mixed)  # the broker delivers both again (the worker stopped before acknowledging)
+    deliver(other)           # a different message with the same fault is a row of its own
+    with psycopg.connect(db) as conn:
+        rows = conn.execute("SELECT reason, sample_index, deliveries, last_received_at IS NOT NULL FROM dead_letters"
+                            " WHERE device_id = 'car-dl' OR topic = %s ORDER BY deliveries DESC, sample_index",
+                            (topics.samples("car-dl"),)).fetchall()
+        assert len(rows) == 3, rows
+        assert [r[2] for r in rows] == [2, 2, 1]
+        assert {r[1] for r in rows if r[2] == 2} == {3, None}  # the impossible sample, the garbage message
+        assert all(r[3] == (r[2] == 2) for r in rows)            # redelivery time kept where one happened
+        assert conn.execute("SELECT count(*) FROM samples s JOIN devices d USING (device_key)"
+                            " WHERE d.device_id = 'car-dl'").fetchone() == (3,)
