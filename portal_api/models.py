@@ -308,7 +308,7 @@ class ErasureIn(BaseModel):
 
 class FeedChange(BaseModel):
     version: int
-    kind: Literal["trip", "event", "lead"]
+    kind: Literal["trip", "event", "lead", "consent"]
     op: Literal["upsert", "delete"]
     id: int
     data: Json | None = None

@@ -4,6 +4,12 @@ Versions come from one sequence drawn in commit order (migration 0007 explains t
 it so): a client that stores ``to_version`` and passes it back as ``fromVersion`` neither misses
 nor repeats a change. Rows the caller may not see (no consent for the scope) are skipped, but the
 version still advances past them. Deletions arrive as ``op: delete``.
+
+Consents to the caller's organisation are changes too (``kind: consent``, migration 0011): a grant
+(or a change of scopes) arrives as an upsert with the owner's vehicles, at the point it took
+effect, so the partner knows to backfill that owner's earlier trips from the list endpoints (the
+feed skipped them while there was no consent, and does not replay them); a revocation arrives as an
+upsert with ``revoked_at``, an erased owner's consents as deletions.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ TRIP_FIELDS = ("trip_id", "kind", "start_ts", "end_ts", "is_open", "distance_m",
                "max_speed_kmh", "avg_speed_kmh", "fuel_l", "night_share", "urban_share", "rural_share",
                "motorway_share")
 EVENT_FIELDS = ("event_id", "trip_id", "kind", "ts", "end_ts", "severity", "peak", "peak_unit", "duration_s")
+CONSENT_FIELDS = ("consent_id", "owner_id", "scopes", "purpose", "starts_at", "expires_at", "revoked_at")
 LEAD_FIELDS = ("lead_id", "kind", "priority", "reason", "state", "lost_reason", "assigned_to", "created_at",
                "updated_at", "closed_at")
 
@@ -41,6 +48,7 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
         "SELECT greatest(coalesce((SELECT max(change_version) FROM trips), 0),"
         " coalesce((SELECT max(change_version) FROM driving_events), 0),"
         " coalesce((SELECT max(change_version) FROM leads), 0),"
+        " coalesce((SELECT max(change_version) FROM consents), 0),"
         " coalesce((SELECT max(change_version) FROM feed_tombstones), 0)) AS head").fetchone()["head"]
     p = {"v": from_version, "lim": limit + 1, "org": c.org_id, "head": head}
     changes: list[dict[str, Any]] = []
@@ -95,9 +103,32 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
             " ORDER BY change_version LIMIT %(lim)s", p).fetchall()
         changes += [{"version": r["change_version"], "kind": "lead", "op": "delete", "id": r["id"], "data": None}
                     for r in tomb]
+    changes += consent_changes(access, p)
     changes.sort(key=lambda ch: ch["version"])
     has_more = len(changes) > limit
     changes = changes[:limit]
     # Full page: resume after its last change. Otherwise every visible change up to head was sent.
     to_version = changes[-1]["version"] if has_more else max(head, from_version)
     return {"from_version": from_version, "to_version": to_version, "has_more": has_more, "changes": changes}
+
+
+def consent_changes(access: Access, p: dict[str, Any]) -> list[dict[str, Any]]:
+    """The caller's organisation's consents granted, changed, revoked or erased in (v, head].
+
+    What an organisation learns here is its own relationship with the owner (which scopes, which
+    vehicles they cover, until when), nothing of the vehicles' data; deleted consents (erasure)
+    carry only their id."""
+    rows = access.conn.execute(
+        "SELECT c.consent_id, c.owner_id, c.scopes, c.purpose, c.starts_at, c.expires_at, c.revoked_at,"
+        " c.change_version, ARRAY(SELECT v.vehicle_id FROM vehicles v WHERE v.owner_id = c.owner_id"
+        " ORDER BY v.vehicle_id) AS vehicle_ids"
+        " FROM consents c WHERE c.org_id = %(org)s AND c.change_version > %(v)s AND c.change_version <= %(head)s"
+        " ORDER BY c.change_version LIMIT %(lim)s", p).fetchall()
+    changes = [{"version": r["change_version"], "kind": "consent", "op": "upsert", "id": r["consent_id"],
+                "data": {k: iso(r[k]) for k in CONSENT_FIELDS} | {"vehicle_ids": r["vehicle_ids"]}} for r in rows]
+    tomb = access.conn.execute(
+        "SELECT id, change_version FROM feed_tombstones WHERE kind = 'consent' AND org_id = %(org)s"
+        " AND change_version > %(v)s AND change_version <= %(head)s ORDER BY change_version LIMIT %(lim)s",
+        p).fetchall()
+    return changes + [{"version": r["change_version"], "kind": "consent", "op": "delete", "id": r["id"],
+                       "data": None} for r in tomb]

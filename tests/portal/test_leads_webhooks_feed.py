@@ -190,7 +190,13 @@ def test_feed_pages_without_gaps_or_repeats_and_carries_deletions(fresh_portal, 
     assert head == head2 and [c["version"] for c in paged] == [c["version"] for c in everything]
     assert len({(c["kind"], c["id"]) for c in paged}) == len(paged)
     vids = {w.vehicle_ids["alice"], w.vehicle_ids["carol"]}
-    assert {c["data"]["vehicle_id"] for c in everything} == vids  # bob revoked, dave elsewhere
+    data = [c for c in everything if c["kind"] != "consent"]
+    assert {c["data"]["vehicle_id"] for c in data} == vids  # bob revoked, dave elsewhere
+    # the organisation's own consents, each once, bob's as revoked; none of another organisation's
+    consents = {c["id"]: c["data"] for c in everything if c["kind"] == "consent"}
+    assert set(consents) == {cid for (_o, org), cid in w.consent_ids.items() if org == "insurer_a"}
+    bob = consents[w.consent_ids[("bob", "insurer_a")]]
+    assert bob["revoked_at"] and bob["vehicle_ids"] == [w.vehicle_ids["bob"]]
     # new trip and a deleted one arrive after the stored version
     with psycopg.connect(w.dsn) as conn:
         conn.execute("INSERT INTO trips (device_key, start_ts, end_ts) VALUES (%s, now(), now())",
@@ -233,6 +239,42 @@ def test_feed_versions_follow_commit_order(fresh_world):
     first.close()
 
 
+def test_a_late_consent_and_its_revocation_reach_the_feed_once_each(fresh_portal, fresh_world):
+    """Trips recorded before the owner consented were skipped while there was no consent; the feed
+    announces the grant, in version order, so the partner knows whose history to backfill."""
+    p, w = fresh_portal, fresh_world
+    insurer = p.as_(w.user("insurer_b", "analyst"))
+    _, head = _drain(p, insurer, 0, 1000)
+    assert all(c["kind"] != "trip" for c in _drain(p, insurer, 0, 1000)[0])  # dave's consent is not yet active
+    dave = p.as_(w.driver("dave"))
+    granted = p.client.post("/v1/me/consents", headers=dave, json={
+        "org_id": w.org_ids["insurer_b"], "scopes": ["driving_score", "trip_summary"], "purpose": "pay as you drive"})
+    assert granted.status_code == 201, granted.text
+    cid = granted.json()["consent_id"]
+    with psycopg.connect(w.dsn) as conn:  # a trip after the grant
+        conn.execute("INSERT INTO trips (device_key, start_ts, end_ts) VALUES (%s, now(), now())",
+                     (w.device_keys["dave"],))
+    after_grant, head2 = _drain(p, insurer, head, 1)
+    kinds = [(c["kind"], c["op"]) for c in after_grant]
+    assert kinds == [("consent", "upsert"), ("trip", "upsert")], kinds  # the grant first, then the new trip
+    grant = after_grant[0]
+    assert grant["id"] == cid and grant["data"]["vehicle_ids"] == [w.vehicle_ids["dave"]]
+    assert grant["data"]["scopes"] == ["driving_score", "trip_summary"] and grant["data"]["revoked_at"] is None
+    # the history before the grant is where the announcement points: the list endpoint has it
+    trips = p.client.get(f"/v1/insurer/policyholders/{w.vehicle_ids['dave']}/trips", headers=insurer).json()
+    assert {t["trip_id"] for t in trips["items"]} >= set(w.trip_ids["dave"])
+    # revoked (twice: the second changes nothing and announces nothing)
+    for _ in range(2):
+        assert p.client.delete(f"/v1/me/consents/{cid}", headers=dave).status_code == 200
+    revoked, _ = _drain(p, insurer, head2, 1000)
+    assert [(c["kind"], c["id"]) for c in revoked] == [("consent", cid)] and revoked[0]["data"]["revoked_at"]
+    # insurer_a, which dave never consented to, saw none of it
+    other, _ = _drain(p, p.as_(w.user("insurer_a", "analyst")), head, 1000)
+    assert all(c["kind"] != "consent" or c["id"] != cid for c in other)
+    assert all(c.get("data") is None or (w.vehicle_ids["dave"] not in (c["data"].get("vehicle_ids") or [])
+               and c["data"].get("vehicle_id") != w.vehicle_ids["dave"]) for c in other)
+
+
 def test_erasure_reaches_the_feed_of_organisations_that_had_consent(fresh_portal, fresh_world):
     p, w = fresh_portal, fresh_world
     h = p.as_(w.user("insurer_a", "analyst"))
@@ -242,6 +284,7 @@ def test_erasure_reaches_the_feed_of_organisations_that_had_consent(fresh_portal
     more, _ = _drain(p, h, head, 1000)
     deleted = {(c["kind"], c["id"]) for c in more if c["op"] == "delete"}
     assert {("trip", t) for t in w.trip_ids["alice"]} <= deleted
+    assert ("consent", w.consent_ids[("alice", "insurer_a")]) in deleted
     assert all(c["op"] == "delete" for c in more)
     # an organisation alice never consented to learns nothing
     other = p.as_(w.user("insurer_b", "analyst"))
