@@ -30,8 +30,11 @@ What it does, in one run on this machine:
   throughput the HTTP API keeps); the p50 latency ratio is printed beside it.
 
 Each figure is the median over ``--runs`` measurement windows (the machine is shared and noisy).
-The last line is ``p50_ms=<A> p99_ms=<B> rps=<C>`` (all endpoints together). The target is
-p99 < 100 ms at >= 200 requests/s.
+The last line is ``p50_ms=<A> p99_ms=<B> rps=<C>`` (all endpoints together) of the *paced* run. The
+target is p99 < 100 ms at >= 200 requests/s. The paced run offers 210 requests/s by default (``--rate``):
+its achieved rate is the requests scheduled in the window over the time until the last of them
+finished, so a server that keeps up shows a shade under what was offered (199.9 at 200), and
+"at >= 200" has to be shown, not rounded.
 
     python bench/api_latency.py [--vehicles 1000] [--days 90] [--clients 50] [--seconds 30]
                                 [--runs 3] [--workers 2] [--quick]
@@ -77,6 +80,7 @@ ADMIN_DSN = os.environ.get("VINSIGHT_BENCH_PG_DSN", "postgresql://postgres@127.0
 PASSWORD = "bench password 42"
 SECRET = "bench-secret-" + "k" * 40
 DEALER_USER, INSURER_USER = "admin@dealer.bench", "underwriter@insurer.bench"
+TARGET_P99_MS, TARGET_RPS = 100.0, 200.0  # the issue's target: p99 < 100 ms at >= 200 requests/s
 ENDPOINTS = ("dealer_vehicles", "insurer_policyholders", "driver_trips")
 PAGE = 50
 
@@ -579,7 +583,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rate", type=float, default=200.0, help="offered load of the paced run, requests/s")
+    ap.add_argument("--rate", type=float, default=TARGET_RPS * 1.05,
+                    help="offered load of the paced run, requests/s (default: 5%% over the 200/s target, because the"
+                         " achieved rate counts until the last scheduled request finishes and so always falls a"
+                         " little short of the offered one)")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     ap.add_argument("--pool-max", type=int, default=8, help="database connections per worker")
     ap.add_argument("--no-baseline", action="store_true", help="skip the raw-SQL baseline")
@@ -667,8 +674,9 @@ def main() -> int:
             for k in (*ENDPOINTS, "all"):
                 print(fmt(k, raw[k]))
             print(f"ratio={sat['all'][2] / raw['all'][2]:.2f} (API saturation req/s / raw-sql reads/s)")
-        met = paced["all"][1] < 100 and paced["all"][2] >= 200
-        print(f"target p99 < 100 ms at >= 200 req/s: {'met' if met else 'NOT met'} (paced run; saturation"
+        met = paced["all"][1] < TARGET_P99_MS and paced["all"][2] >= TARGET_RPS
+        print(f"target p99 < {TARGET_P99_MS:g} ms at >= {TARGET_RPS:g} req/s: {'met' if met else 'NOT met'}"
+              f" (paced run offered {args.rate:g} req/s, achieved {paced['all'][2]:.1f}; saturation"
               f" {sat['all'][2]:.1f} req/s)")
         print(f"p50_ms={paced['all'][0]:.1f} p99_ms={paced['all'][1]:.1f} rps={paced['all'][2]:.1f}")
         return 0
