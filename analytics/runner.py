@@ -23,7 +23,6 @@ COPY and set-based statements in one transaction per batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -59,6 +58,7 @@ from .events import EVENT_KINDS
 from .geofences import Geofences, geofence_visits, load_geofences
 from .health import BatteryAssessment, CoolantAssessment, battery_health_fleet, coolant_health, health_summary
 from .heatmaps import fleet_heatmap
+from .json_values import json_value
 from .pipeline import SIGNALS, PipelineParams
 from .places import PlaceParams, analyse_places
 from .reader import read_samples
@@ -87,24 +87,6 @@ class RunReport:
 
 def _ts(ms: float) -> datetime:
     return datetime.fromtimestamp(float(ms) / 1000, UTC)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, pd.DataFrame):
-        return json.loads(value.to_json(orient="records", date_format="iso"))
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
 
 
 def dirty_spans(conn: psycopg.Connection,
@@ -386,7 +368,7 @@ def update_heatmap(conn: psycopg.Connection, day: datetime, p: PipelineParams, s
             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (segment, day) DO UPDATE SET"
             " released_cells = EXCLUDED.released_cells, suppressed_cells = EXCLUDED.suppressed_cells,"
             " metadata = EXCLUDED.metadata, computed_at = now()",
-            (segment, day.date(), meta["released_cells"], meta["suppressed_cells"], Jsonb(_jsonable(meta))))
+            (segment, day.date(), meta["released_cells"], meta["suppressed_cells"], Jsonb(json_value(meta))))
     return len(rows)
 
 
@@ -552,9 +534,9 @@ def _write_health(conn: psycopg.Connection, r: BatchResult, p: PipelineParams) -
         if battery is None and coolant is None:
             continue
         summary = health_summary(key, now, battery=battery, coolant=coolant, params=p.health)
-        bat = _jsonable({k: v for k, v in dataclasses.asdict(battery).items() if k != "daily"}) if battery else None
-        rows.append((key, Jsonb(bat) if bat else None, Jsonb(_jsonable(coolant)) if coolant else None,
-                     Jsonb(_jsonable(list(summary.leads)))))
+        bat = json_value({k: v for k, v in dataclasses.asdict(battery).items() if k != "daily"}) if battery else None
+        rows.append((key, Jsonb(bat) if bat else None, Jsonb(json_value(coolant)) if coolant else None,
+                     Jsonb(json_value(list(summary.leads)))))
     if rows:
         with conn.cursor() as cur:
             cur.executemany(

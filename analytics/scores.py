@@ -77,6 +77,7 @@ import numpy as np
 import pandas as pd
 
 from analytics.events import KIND_HARSH_ACCELERATION, KIND_HARSH_BRAKING, KIND_HARSH_CORNERING, KIND_SPEEDING
+from analytics.json_values import json_value
 
 BRAKING = "braking"
 ACCELERATION = "acceleration"
@@ -172,19 +173,7 @@ class ScoreExplanation:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (NaN/inf → None, numpy scalars → Python)."""
-        return _jsonable(asdict(self))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+        return json_value(asdict(self))
 
 
 def _linear_sub_score(points: float) -> float:
@@ -249,13 +238,13 @@ def _behaviour_components(events: pd.DataFrame, distance_m: float, driving_s: fl
         rate = count / km * 100.0 if km > 0 else (math.inf if count else 0.0)
         out.append(ComponentScore(name, float(count), "events", rate, "events/100 km",
                                   _linear_sub_score(p.points_per_event_per_100km * rate), 0.0, 0.0,
-                                  [_jsonable(i) for i in ids[mask]]))
+                                  [json_value(i) for i in ids[mask]]))
     mask = kinds == KIND_SPEEDING
     speeding_s = float(events["duration_s"].to_numpy()[mask].sum()) if mask.any() else 0.0
     pct = min(100.0, speeding_s / driving_s * 100.0) if driving_s > 0 else (100.0 if speeding_s > 0 else 0.0)
     out.append(ComponentScore(SPEEDING, speeding_s, "s", pct, "% of driving time",
                               _linear_sub_score(p.speeding_points_per_pct * pct), 0.0, 0.0,
-                              [_jsonable(i) for i in ids[mask]],
+                              [json_value(i) for i in ids[mask]],
                               note=f"{int(mask.sum())} speeding events, {mask.sum() / km * 100 if km > 0 else 0:.2f}"
                                    " per 100 km"))
     night_pct = 100.0 * min(1.0, max(0.0, night_share if math.isfinite(night_share) else 0.0))
@@ -280,7 +269,7 @@ def trip_score(trip_row: Mapping[str, Any], events: pd.DataFrame, params: ScoreP
         f"below minimum exposure ({distance_m / 1000:.1f} km < {p.min_trip_distance_m / 1000:g} km or "
         f"{duration_s / 60:.1f} min < {p.min_trip_duration_s / 60:g} min): pooled into the period score")
     return _finish("trip", components, p.weights, eligible, reason, distance_m, duration_s,
-                   [_jsonable(trip_row.get("trip_id"))])
+                   [json_value(trip_row.get("trip_id"))])
 
 
 def period_score(trips: pd.DataFrame, events: pd.DataFrame, params: ScoreParams | None = None, *,
@@ -312,7 +301,7 @@ def period_score(trips: pd.DataFrame, events: pd.DataFrame, params: ScoreParams 
     eligible = distance_m >= p.min_period_distance_m
     reason = "ok" if eligible else (f"below minimum exposure ({distance_m / 1000:.1f} km < "
                                     f"{p.min_period_distance_m / 1000:g} km)")
-    trip_ids = [_jsonable(t) for t in trips["trip_id"].tolist()] if "trip_id" in trips.columns else []
+    trip_ids = [json_value(t) for t in trips["trip_id"].tolist()] if "trip_id" in trips.columns else []
     return _finish("period", components, p.weights, eligible, reason, distance_m, duration_s, trip_ids)
 
 
@@ -409,4 +398,4 @@ def eco_score(trip_row: Mapping[str, Any], ts_ms: np.ndarray, rpm: np.ndarray | 
     eligible = distance_m >= p.min_trip_distance_m and duration_s >= p.min_trip_duration_s
     reason = "ok" if eligible else "below minimum exposure"
     return _finish("eco", components, p.eco_weights, eligible, reason, distance_m, duration_s,
-                   [_jsonable(trip_row.get("trip_id"))])
+                   [json_value(trip_row.get("trip_id"))])

@@ -23,7 +23,10 @@ import zipfile
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
+
+from analytics.json_values import json_value
 
 # (table, SQL predicate) in delete order; %(dk)s = device keys, %(vid)s = vehicle ids, %(oid)s = owner.
 ERASE_STEPS: tuple[tuple[str, str], ...] = (
@@ -57,53 +60,55 @@ NATIVE_ROLLUP_STEPS: tuple[tuple[str, str], ...] = (
 # Derived tables analytics may add later are found by their device_key column (see _extra_tables).
 
 
-def _backend(conn: psycopg.Connection) -> str:
-    row = conn.execute("SELECT value FROM vinsight_meta WHERE key = 'backend'").fetchone()
-    return (row[0] if not isinstance(row, dict) else row["value"]) if row else "native"
+def _tuples(conn: psycopg.Connection) -> psycopg.Cursor[tuple[Any, ...]]:
+    """A cursor returning tuples, whatever row factory the caller's connection has (the portal's
+    pool hands out dict-row connections, the CLI plain ones)."""
+    return conn.cursor(row_factory=tuple_row)
 
 
-def _val(row: Any, key: str, idx: int = 0) -> Any:
-    return row[key] if isinstance(row, dict) else row[idx]
+def _backend(cur: psycopg.Cursor[tuple[Any, ...]]) -> str:
+    row = cur.execute("SELECT value FROM vinsight_meta WHERE key = 'backend'").fetchone()
+    return row[0] if row else "native"
 
 
-def _extra_tables(conn: psycopg.Connection, known: set[str]) -> list[str]:
+def _extra_tables(cur: psycopg.Cursor[tuple[Any, ...]], known: set[str]) -> list[str]:
     """Other base tables with a device_key column (derived tables added by later migrations)."""
-    rows = conn.execute(
+    rows = cur.execute(
         "SELECT c.table_name FROM information_schema.columns c JOIN information_schema.tables t"
         " ON t.table_schema = c.table_schema AND t.table_name = c.table_name"
         " WHERE c.table_schema = current_schema() AND c.column_name = 'device_key' AND t.table_type = 'BASE TABLE'"
         " AND c.table_name NOT IN ('devices', 'feed_tombstones')"
         " AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid"
         "                 WHERE k.relname = c.table_name)").fetchall()
-    return sorted(_val(r, "table_name") for r in rows if _val(r, "table_name") not in known)
+    return sorted(r[0] for r in rows if r[0] not in known)
 
 
 def erase_owner(conn: psycopg.Connection, owner_id: int, requested_by: str = "owner") -> dict[str, int]:
     """Erase everything about ``owner_id``; returns rows deleted per table. Idempotent."""
-    with conn.transaction():
-        vids = [_val(r, "vehicle_id") for r in
-                conn.execute("SELECT vehicle_id FROM vehicles WHERE owner_id = %s FOR UPDATE", (owner_id,)).fetchall()]
-        devs = conn.execute("SELECT device_key, device_id FROM devices WHERE vehicle_id = ANY (%s) FOR UPDATE",
-                            (vids,)).fetchall()
-        dk = [_val(r, "device_key", 0) for r in devs]
-        dids = [_val(r, "device_id", 1) for r in devs]
-        span = conn.execute("SELECT min(ts), max(ts) FROM samples WHERE device_key = ANY (%s)", (dk,)).fetchone()
+    with conn.transaction(), _tuples(conn) as cur:
+        vids = [r[0] for r in
+                cur.execute("SELECT vehicle_id FROM vehicles WHERE owner_id = %s FOR UPDATE", (owner_id,)).fetchall()]
+        devs = cur.execute("SELECT device_key, device_id FROM devices WHERE vehicle_id = ANY (%s) FOR UPDATE",
+                           (vids,)).fetchall()
+        dk = [r[0] for r in devs]
+        dids = [r[1] for r in devs]
+        span = cur.execute("SELECT min(ts), max(ts) FROM samples WHERE device_key = ANY (%s)", (dk,)).fetchone()
         params = {"dk": dk, "vid": vids, "oid": owner_id, "dids": dids}
         # Organisations that were ever granted anything may hold copies: their feeds carry the deletions.
-        recipients = [_val(r, "org_id") for r in conn.execute(
+        recipients = [r[0] for r in cur.execute(
             "SELECT DISTINCT org_id FROM consents WHERE owner_id = %s", (owner_id,)).fetchall()]
-        mark = conn.execute("SELECT coalesce(max(change_version), 0) AS v FROM feed_tombstones").fetchone()
-        backend = _backend(conn)
+        mark = cur.execute("SELECT coalesce(max(change_version), 0) FROM feed_tombstones").fetchone()
+        backend = _backend(cur)
         steps = list(ERASE_STEPS)
         if backend != "timescaledb":
             steps[10:10] = NATIVE_ROLLUP_STEPS
         known = {t for t, _ in steps}
-        steps = steps[:9] + [(t, "device_key = ANY (%(dk)s)") for t in _extra_tables(conn, known)] + steps[9:]
+        steps = steps[:9] + [(t, "device_key = ANY (%(dk)s)") for t in _extra_tables(cur, known)] + steps[9:]
         counts: dict[str, int] = {}
         for table, predicate in steps:
             counts[table] = conn.execute(f"DELETE FROM {table} WHERE {predicate}", params).rowcount
         conn.execute("UPDATE feed_tombstones SET recipients = %s WHERE device_key = ANY (%s) AND change_version > %s",
-                     (recipients, dk, _val(mark, "v")))
+                     (recipients, dk, mark[0] if mark else 0))
         counts["devices_revoked"] = conn.execute(
             "UPDATE devices SET vehicle_id = NULL, status = 'revoked', revoked_at = coalesce(revoked_at, now()),"
             " password_hash = NULL, note = '' WHERE device_key = ANY (%s)", (dk,)).rowcount
@@ -111,7 +116,7 @@ def erase_owner(conn: psycopg.Connection, owner_id: int, requested_by: str = "ow
         counts["owners"] = conn.execute("DELETE FROM owners WHERE owner_id = %s", (owner_id,)).rowcount
         conn.execute("INSERT INTO erasures (requested_by, rows_deleted) VALUES (%s, %s)",
                      (requested_by, Jsonb(counts)))
-    lo, hi = (_val(span, "min", 0), _val(span, "max", 1)) if span else (None, None)
+    lo, hi = span if span else (None, None)
     if backend == "timescaledb" and lo is not None:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.commit()  # the refresh below must see the delete
@@ -126,21 +131,9 @@ def erase_owner(conn: psycopg.Connection, owner_id: int, requested_by: str = "ow
 
 # --- export -----------------------------------------------------------------------------------------
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dt.datetime | dt.date):
-        return v.isoformat()
-    if isinstance(v, bytes | memoryview):
-        return bytes(v).hex()
-    if isinstance(v, float) and v != v:
-        return None
-    return v
-
-
 def _rows(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, params)
-    names = [d.name for d in cur.description or []]
-    return [{n: _jsonable(v) for n, v in zip(names, (r.values() if isinstance(r, dict) else r), strict=True)}
-            for r in cur.fetchall()]
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [{n: json_value(v) for n, v in r.items()} for r in cur.execute(sql, params).fetchall()]
 
 
 SAMPLE_EXPORT_COLUMNS = ("ts", "speed", "rpm", "engine_load", "throttle_pos", "coolant_temp", "fuel_level",
@@ -199,11 +192,11 @@ def export_owner(conn: psycopg.Connection, owner_id: int) -> bytes:
             out = io.StringIO()
             w = csv.writer(out)
             w.writerow(SAMPLE_EXPORT_COLUMNS)
-            cur = conn.execute(f"SELECT {', '.join(SAMPLE_EXPORT_COLUMNS)} FROM samples WHERE device_key = %s"
-                               " ORDER BY ts", (d["device_key"],))
-            for r in cur:
-                vals = r.values() if isinstance(r, dict) else r
-                w.writerow(["" if v is None else (v.isoformat() if isinstance(v, dt.datetime) else v) for v in vals])
+            with _tuples(conn) as cur:
+                cur.execute(f"SELECT {', '.join(SAMPLE_EXPORT_COLUMNS)} FROM samples WHERE device_key = %s"
+                            " ORDER BY ts", (d["device_key"],))
+                for r in cur:
+                    w.writerow(["" if v is None else (v.isoformat() if isinstance(v, dt.datetime) else v) for v in r])
             z.writestr(f"samples/{d['device_id']}.csv", out.getvalue())
         z.writestr("README.txt", "Everything VINsight stores about you, exported on "
                    f"{dt.datetime.now(dt.UTC).isoformat()}.\nJSON files are tables; trips.geojson holds your trips "

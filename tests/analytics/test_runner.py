@@ -195,8 +195,8 @@ def test_stored_rows_are_the_per_vehicle_results(db):
     import dataclasses
     from datetime import UTC, datetime
 
+    from analytics.json_values import json_value as _jsonable
     from analytics.reader import read_samples
-    from analytics.runner import _jsonable
     from analytics.scores import period_score
 
     now = int(time.time() * 1000)
