@@ -15,7 +15,9 @@ reason from any open state; each move is logged in ``lead_events``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,15 +117,20 @@ def generate_leads(conn: psycopg.Connection, org_id: int, rules: LeadRules = Lea
            " AND c.scopes @> ARRAY['service_contact', 'vehicle_health'] AND c.revoked_at IS NULL"
            " AND c.starts_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now()))"
            + HEALTH_SQL + " ORDER BY v.vehicle_id")
-    created = 0
+    with _dict_rows(conn), conn.transaction():
+        return _generate(conn, org_id, sql, rules, now)
+
+
+@contextlib.contextmanager
+def _dict_rows(conn: psycopg.Connection) -> Iterator[None]:
+    """Dict rows on ``conn`` for the block, its own row factory back after it: the background jobs
+    share the portal's pooled connections, which keep whatever factory their last user set."""
     factory = conn.row_factory
-    conn.row_factory = dict_row  # pooled connections keep whatever factory their last user set
+    conn.row_factory = dict_row
     try:
-        with conn.transaction():
-            created = _generate(conn, org_id, sql, rules, now)
+        yield
     finally:
         conn.row_factory = factory
-    return created
 
 
 def _generate(conn: psycopg.Connection, org_id: int, sql: str, rules: LeadRules, now: dt.datetime) -> int:
@@ -159,36 +166,31 @@ def close_visited(conn: psycopg.Connection, min_dwell_s: float = 600.0) -> int:
     the lead was created); the dealer learns only that the customer came, which is what the lead's
     ``service_contact`` consent was for. Still requires that consent to be active now.
     """
-    factory = conn.row_factory
-    conn.row_factory = dict_row
     closed = 0
-    try:
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT l.*, vis.site, vis.entered_at FROM leads l"
-                " JOIN vehicles v ON v.vehicle_id = l.vehicle_id"
-                " JOIN LATERAL (SELECT g.name AS site, gv.entered_at FROM devices d"
-                "   JOIN geofence_visits gv ON gv.device_key = d.device_key AND gv.entered_at >= l.created_at"
-                "    AND gv.dwell_s >= %s"
-                "   JOIN geofences g ON g.geofence_id = gv.geofence_id AND g.kind = 'dealer'"
-                "    AND g.owner_org = l.org_id::text"
-                "   WHERE d.vehicle_id = l.vehicle_id ORDER BY gv.entered_at LIMIT 1) vis ON true"
-                " WHERE l.state IN ('new', 'contacted', 'appointment') AND EXISTS ("
-                "   SELECT 1 FROM consents c WHERE c.owner_id = v.owner_id AND c.org_id = l.org_id"
-                "   AND 'service_contact' = ANY (c.scopes) AND c.revoked_at IS NULL AND c.starts_at <= now()"
-                "   AND (c.expires_at IS NULL OR c.expires_at > now()))"
-                " ORDER BY l.lead_id FOR UPDATE OF l", (min_dwell_s,)).fetchall()
-            for lead in rows:
-                row = conn.execute("UPDATE leads SET state = 'visited', closed_at = now(), updated_at = now()"
-                                   " WHERE lead_id = %s RETURNING *", (lead["lead_id"],)).fetchone()
-                conn.execute("INSERT INTO lead_events (lead_id, from_state, to_state, actor, note)"
-                             " VALUES (%s, %s, 'visited', 'geofence', %s)",
-                             (lead["lead_id"], lead["state"],
-                              f"at {lead['site']} from {lead['entered_at']:%Y-%m-%d %H:%M}"))
-                webhooks.enqueue(conn, lead["org_id"], "lead.updated", lead_payload(row))
-                closed += 1
-    finally:
-        conn.row_factory = factory
+    with _dict_rows(conn), conn.transaction():
+        rows = conn.execute(
+            "SELECT l.*, vis.site, vis.entered_at FROM leads l"
+            " JOIN vehicles v ON v.vehicle_id = l.vehicle_id"
+            " JOIN LATERAL (SELECT g.name AS site, gv.entered_at FROM devices d"
+            "   JOIN geofence_visits gv ON gv.device_key = d.device_key AND gv.entered_at >= l.created_at"
+            "    AND gv.dwell_s >= %s"
+            "   JOIN geofences g ON g.geofence_id = gv.geofence_id AND g.kind = 'dealer'"
+            "    AND g.owner_org = l.org_id::text"
+            "   WHERE d.vehicle_id = l.vehicle_id ORDER BY gv.entered_at LIMIT 1) vis ON true"
+            " WHERE l.state IN ('new', 'contacted', 'appointment') AND EXISTS ("
+            "   SELECT 1 FROM consents c WHERE c.owner_id = v.owner_id AND c.org_id = l.org_id"
+            "   AND 'service_contact' = ANY (c.scopes) AND c.revoked_at IS NULL AND c.starts_at <= now()"
+            "   AND (c.expires_at IS NULL OR c.expires_at > now()))"
+            " ORDER BY l.lead_id FOR UPDATE OF l", (min_dwell_s,)).fetchall()
+        for lead in rows:
+            row = conn.execute("UPDATE leads SET state = 'visited', closed_at = now(), updated_at = now()"
+                               " WHERE lead_id = %s RETURNING *", (lead["lead_id"],)).fetchone()
+            conn.execute("INSERT INTO lead_events (lead_id, from_state, to_state, actor, note)"
+                         " VALUES (%s, %s, 'visited', 'geofence', %s)",
+                         (lead["lead_id"], lead["state"],
+                          f"at {lead['site']} from {lead['entered_at']:%Y-%m-%d %H:%M}"))
+            webhooks.enqueue(conn, lead["org_id"], "lead.updated", lead_payload(row))
+            closed += 1
     return closed
 
 
