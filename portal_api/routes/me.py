@@ -175,6 +175,11 @@ def me_revoke_consent(consent_id: int = Path(ge=1, le=2**62), access: Access = a
     return _consent(row)
 
 
+# Newest first through audit_log_owner_recent_idx (owner_id, audit_id), migration 0012.
+ACCESS_LOG_SQL = ("SELECT a.*, o.name FROM audit_log a LEFT JOIN organisations o ON o.org_id = a.org_id"
+                  " WHERE {where} ORDER BY a.audit_id DESC LIMIT %(lim)s")
+
+
 @router.get("/access-log", response_model=Page[AccessRecord], operation_id="me_access_log", responses=ERR,
             summary="Who read my data, when, which scope and for what purpose (newest first)")
 def me_access_log(limit: int = LIMIT, cursor: str | None = CURSOR, since: dt.datetime | None = None,
@@ -188,9 +193,7 @@ def me_access_log(limit: int = LIMIT, cursor: str | None = CURSOR, since: dt.dat
     if since:
         where.append("a.at >= %(since)s")
         params["since"] = since
-    rows = access.conn.execute(
-        "SELECT a.*, o.name FROM audit_log a LEFT JOIN organisations o ON o.org_id = a.org_id WHERE "
-        + " AND ".join(where) + " ORDER BY a.audit_id DESC LIMIT %(lim)s", params).fetchall()
+    rows = access.conn.execute(ACCESS_LOG_SQL.format(where=" AND ".join(where)), params).fetchall()
     rows, nxt = page_of(rows, limit, lambda r: [r["audit_id"]])
     return page_response([{"at": r["at"].isoformat(), "who": r["actor_label"], "organisation": r["name"],
                            "vehicle_id": r["vehicle_id"], "scope": r["scope"], "purpose": r["purpose"],

@@ -128,3 +128,37 @@ def test_erasure_removes_the_owner_from_every_table_and_touches_no_one_else(fres
     # the token of an erased driver is dead; others still work
     assert p.client.get("/v1/me/vehicles", headers=alice).status_code == 401
     assert p.client.get("/v1/me/vehicles", headers=p.as_(w.driver("carol"))).status_code == 200
+
+
+def test_the_access_log_reads_only_its_owners_rows_however_long_the_log(fresh_portal, fresh_world):
+    """An owner's list is an index range on (owner_id, audit_id), newest first, not a walk back
+    through everyone's audit rows: its cost must not grow with the whole log."""
+    from portal_api.routes.me import ACCESS_LOG_SQL
+
+    p, w = fresh_portal, fresh_world
+    alice = w.owner_ids["alice"]
+    dealer = p.as_(w.user("dealer_a", "service_advisor"))
+    for _ in range(3):
+        assert p.client.get("/v1/dealer/vehicles", headers=dealer).status_code == 200
+    with psycopg.connect(w.dsn) as conn:  # a busy platform: 200,000 reads since, one in a thousand of alice
+        conn.execute("INSERT INTO audit_log (actor_kind, actor_id, actor_label, org_id, scope, action, owner_id,"
+                     " vehicle_id, records, purpose) SELECT 'user', 1, 'bulk', NULL, 'vehicle_health', 'bulk',"
+                     " CASE WHEN i %% 1000 = 0 THEN %(oid)s ELSE 1000000 + i %% 5000 END, NULL, 1, 'bulk'"
+                     " FROM generate_series(1, 200000) i", {"oid": alice})
+        conn.execute("ANALYZE audit_log")
+        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + ACCESS_LOG_SQL.format(where="a.owner_id = %(oid)s"),
+                            {"oid": alice, "lim": 51}).fetchone()[0][0]["Plan"]
+
+    def scans(node):
+        yield node
+        for child in node.get("Plans", []):
+            yield from scans(child)
+
+    audit = [n for n in scans(plan) if n.get("Relation Name") == "audit_log"]
+    # one page of alice's newest rows read, not all of hers sorted, nor everyone's walked and filtered
+    assert len(audit) == 1 and audit[0]["Actual Rows"] <= 51, audit
+    assert audit[0].get("Rows Removed by Filter", 0) == 0, audit
+    log = p.client.get("/v1/me/access-log", headers=p.as_(w.driver("alice")), params={"limit": 2}).json()
+    nxt = p.client.get("/v1/me/access-log", headers=p.as_(w.driver("alice")),
+                       params={"limit": 2, "cursor": log["next_cursor"]}).json()
+    assert len(log["items"]) == 2 and nxt["items"] and log["items"][-1]["at"] >= nxt["items"][0]["at"]
