@@ -48,8 +48,10 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
         "SELECT greatest(coalesce((SELECT max(change_version) FROM trips), 0),"
         " coalesce((SELECT max(change_version) FROM driving_events), 0),"
         " coalesce((SELECT max(change_version) FROM leads), 0),"
-        " coalesce((SELECT max(change_version) FROM consents), 0),"
-        " coalesce((SELECT max(change_version) FROM feed_tombstones), 0)) AS head").fetchone()["head"]
+        # this organisation's consents only: an index probe (consents_feed_idx), and still a committed
+        # version, which is all that head needs to be
+        " coalesce((SELECT max(change_version) FROM consents WHERE org_id = %s), 0),"
+        " coalesce((SELECT max(change_version) FROM feed_tombstones), 0)) AS head", (c.org_id,)).fetchone()["head"]
     p = {"v": from_version, "lim": limit + 1, "org": c.org_id, "head": head}
     changes: list[dict[str, Any]] = []
     trip_scope = Scope.TRIP_SUMMARY

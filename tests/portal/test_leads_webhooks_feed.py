@@ -278,7 +278,9 @@ def test_a_late_consent_and_its_revocation_reach_the_feed_once_each(fresh_portal
 def test_erasure_reaches_the_feed_of_organisations_that_had_consent(fresh_portal, fresh_world):
     p, w = fresh_portal, fresh_world
     h = p.as_(w.user("insurer_a", "analyst"))
+    other = p.as_(w.user("insurer_b", "analyst"))
     _, head = _drain(p, h, 0, 1000)
+    _, other_head = _drain(p, other, 0, 1000)
     assert p.client.post("/v1/me/erasure", headers=p.as_(w.driver("alice")), json={"confirm": "ERASE"}
                          ).status_code == 200
     more, _ = _drain(p, h, head, 1000)
@@ -287,8 +289,7 @@ def test_erasure_reaches_the_feed_of_organisations_that_had_consent(fresh_portal
     assert ("consent", w.consent_ids[("alice", "insurer_a")]) in deleted
     assert all(c["op"] == "delete" for c in more)
     # an organisation alice never consented to learns nothing
-    other = p.as_(w.user("insurer_b", "analyst"))
-    assert _drain(p, other, head, 1000)[0] == []
+    assert _drain(p, other, other_head, 1000)[0] == []
 
 
 SITE = {"type": "Polygon", "coordinates": [[[7.00, 44.995], [7.02, 44.995], [7.02, 45.005], [7.00, 45.005],
