@@ -48,7 +48,10 @@ ERASE_STEPS: tuple[tuple[str, str], ...] = (
     ("lead_events", "lead_id IN (SELECT lead_id FROM leads WHERE vehicle_id = ANY (%(vid)s))"),
     ("leads", "vehicle_id = ANY (%(vid)s)"),
     ("service_records", "vehicle_id = ANY (%(vid)s)"),
-    ("audit_log", "owner_id = %(oid)s OR vehicle_id = ANY (%(vid)s)"),
+    # Every audit row names the vehicle's owner, and a vehicle never changes owner (provisioning
+    # refuses to reassign one), so owner_id finds them all, through its index; an added
+    # "OR vehicle_id = ANY (...)" made this a scan of the whole log (1.4 s at 400 k rows).
+    ("audit_log", "owner_id = %(oid)s"),
     ("consents", "owner_id = %(oid)s"),
     ("portal_users", "owner_id = %(oid)s"),
 )
