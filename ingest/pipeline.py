@@ -18,7 +18,6 @@ the result is an :class:`Outcome` that :mod:`ingest.store` writes.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -81,9 +80,6 @@ class DeadLetter:
     payload: bytes | None = None
     sample_index: int | None = None
     sample: Any = None
-    # The refused message (and sample) it stands for: a redelivery of the same message finds its row
-    # (migration 0010). None only where no message is known.
-    fingerprint: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -163,7 +159,7 @@ def process_delivery(d: Delivery, now_ms: int, config: PipelineConfig = Pipeline
         out.samples = out.events = out.status = None
         out.dead_letters = [DeadLetter(
             clean_text(d.topic), out.device_id, clean_text(d.content_type), exc.reason, clean_text(exc.detail),
-            d.payload[: config.dead_letter_payload_max], fingerprint=dead_letter_fingerprint(d),
+            d.payload[: config.dead_letter_payload_max],
         )]
     return out
 
@@ -313,20 +309,7 @@ def split_invalid_events(batch: EventBatch, now_ms: int, window: TimeWindow) -> 
 def _sample_dead_letter(d: Delivery, device_id: str, reject: Any) -> DeadLetter:
     index, reason, detail, sample = reject
     return DeadLetter(clean_text(d.topic), device_id, clean_text(d.content_type), reason, clean_text(detail),
-                      None, index, jsonable(sample), dead_letter_fingerprint(d, index))
-
-
-def dead_letter_fingerprint(d: Delivery, sample_index: int | None = None) -> bytes:
-    """SHA-256 of the message as received (topic, payload) and the refused sample's index.
-
-    The same message delivered twice (QoS 1 redelivery after a restart) gives the same fingerprint,
-    so its dead letter is stored once with a delivery count; device messages carry their boot id and
-    sequence numbers, so two different messages do not share one."""
-    h = hashlib.sha256(d.topic.encode("utf-8", "surrogatepass"))
-    h.update(b"\x00")
-    h.update(d.payload)
-    h.update(b"\x00" + (b"" if sample_index is None else str(sample_index).encode()))
-    return h.digest()
+                      None, index, jsonable(sample))
 
 
 def clean_text(value: str | None) -> str | None:

@@ -15,6 +15,7 @@ the ones already there.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -133,23 +134,25 @@ class IngestStore:
         samples: list[tuple[int, SampleRows]] = []
         events: list[tuple[int, Outcome]] = []
         statuses: list[tuple[int, Outcome]] = []
-        dead: list[DeadLetter] = []
+        dead: list[tuple[DeadLetter, bytes]] = []
         for delivery, outcome in flush.items:
-            dead.extend(outcome.dead_letters)
-            if not _has_data(outcome):
-                continue
-            key, status = keys.get(outcome.device_id or "", (None, "unknown"))
-            if key is None or status == "revoked":
-                reason = IngestReason.REVOKED_DEVICE if status == "revoked" else IngestReason.UNKNOWN_DEVICE
-                dead.append(DeadLetter(delivery.topic, outcome.device_id, delivery.content_type, reason,
-                                       f"device {outcome.device_id!r} is {status}", delivery.payload))
-                continue
-            if outcome.samples is not None:
-                samples.append((key, outcome.samples))
-            if outcome.events is not None and outcome.events.events:
-                events.append((key, outcome))
-            if outcome.status is not None:
-                statuses.append((key, outcome))
+            refused = list(outcome.dead_letters)
+            if _has_data(outcome):
+                key, status = keys.get(outcome.device_id or "", (None, "unknown"))
+                if key is None or status == "revoked":
+                    reason = IngestReason.REVOKED_DEVICE if status == "revoked" else IngestReason.UNKNOWN_DEVICE
+                    refused.append(DeadLetter(delivery.topic, outcome.device_id, delivery.content_type, reason,
+                                              f"device {outcome.device_id!r} is {status}", delivery.payload))
+                else:
+                    if outcome.samples is not None:
+                        samples.append((key, outcome.samples))
+                    if outcome.events is not None and outcome.events.events:
+                        events.append((key, outcome))
+                    if outcome.status is not None:
+                        statuses.append((key, outcome))
+            if refused:  # every dead letter, whoever refused it, is fingerprinted from its message here
+                message = message_digest(delivery)
+                dead.extend((d, dead_letter_fingerprint(message, d.sample_index)) for d in refused)
         if samples and self.backend is Backend.NATIVE:
             self._ensure_partitions(samples)
         with conn.transaction():
@@ -322,7 +325,8 @@ class IngestStore:
 
     # --- dead letters --------------------------------------------------------------------------------
 
-    def _write_dead_letters(self, conn: psycopg.Connection, dead: list[DeadLetter], result: WriteResult) -> None:
+    def _write_dead_letters(self, conn: psycopg.Connection, dead: list[tuple[DeadLetter, bytes]],
+                            result: WriteResult) -> None:
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO dead_letters (topic, device_id, content_type, reason, detail, sample_index, sample,"
@@ -331,10 +335,27 @@ class IngestStore:
                 " ON CONFLICT (fingerprint, reason) WHERE fingerprint IS NOT NULL DO UPDATE"
                 " SET deliveries = dead_letters.deliveries + 1, last_received_at = now()",
                 [(d.topic, d.device_id, d.content_type, d.reason, d.detail, d.sample_index,
-                  None if d.sample is None else Jsonb(d.sample), d.payload, d.fingerprint) for d in dead],
+                  None if d.sample is None else Jsonb(d.sample), d.payload, fingerprint) for d, fingerprint in dead],
             )
-        for d in dead:
+        for d, _ in dead:
             result.dead_letters[d.reason] += 1
+
+
+def message_digest(d: Delivery) -> bytes:
+    """SHA-256 of a message as received: its topic and payload (once per message, however many of
+    its samples were refused)."""
+    h = hashlib.sha256(d.topic.encode("utf-8", "surrogatepass"))
+    h.update(b"\x00")
+    h.update(d.payload)
+    return h.digest()
+
+
+def dead_letter_fingerprint(message: bytes, sample_index: int | None) -> bytes:
+    """The key a dead letter is stored under (with its reason, migration 0010): the message's digest
+    and the refused sample's index. The same message delivered twice (QoS 1 redelivery after a
+    restart) gives the same key, so its dead letter is one row with a delivery count; device messages
+    carry their boot id and sequence numbers, so two different messages do not share one."""
+    return hashlib.sha256(message + b"\x00" + (b"" if sample_index is None else str(sample_index).encode())).digest()
 
 
 def _has_data(outcome: Outcome) -> bool:

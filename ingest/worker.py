@@ -41,15 +41,7 @@ from vinsight.contract.validation import TimeWindow
 
 from .fast_decode import warm_up
 from .metrics import IngestMetrics, MetricsServer
-from .pipeline import (
-    DeadLetter,
-    Delivery,
-    Outcome,
-    PipelineConfig,
-    clean_text,
-    dead_letter_fingerprint,
-    process_delivery,
-)
+from .pipeline import DeadLetter, Delivery, Outcome, PipelineConfig, clean_text, process_delivery
 from .settings import IngestSettings
 from .store import Flush, IngestStore, WriteResult
 
@@ -185,10 +177,9 @@ class IngestWorker:
                     outcome = process_delivery(delivery, _now_ms(), self.pipeline_config)
                 except Exception as exc:
                     log.exception("pipeline failed on a message")
-                    outcome = Outcome(dead_letters=[DeadLetter(
-                        clean_text(delivery.topic) or "", None, clean_text(delivery.content_type), "ingest_error",
-                        f"{type(exc).__name__}: {exc}", delivery.payload,
-                        fingerprint=dead_letter_fingerprint(delivery))])
+                    outcome = Outcome(dead_letters=[DeadLetter(clean_text(delivery.topic) or "", None,
+                                                               clean_text(delivery.content_type), "ingest_error",
+                                                               f"{type(exc).__name__}: {exc}", delivery.payload)])
                 flush.add(delivery, outcome)
             due = flush.items and (flush.rows >= s.flush_rows or time.monotonic() - flush.started >= s.flush_age_s)
             stopping = self._stop.is_set() and self._inbox.empty()
@@ -248,7 +239,7 @@ class IngestWorker:
                     dead.add(delivery, Outcome(dead_letters=[DeadLetter(
                         clean_text(delivery.topic) or "", outcome.device_id, clean_text(delivery.content_type),
                         "store_error", clean_text(f"{type(item_exc).__name__}: {item_exc}")[:2000] or "",
-                        delivery.payload, fingerprint=dead_letter_fingerprint(delivery))]))
+                        delivery.payload)]))
                     r = self._write_retrying(dead)
                 total.samples_offered += r.samples_offered
                 total.samples_inserted += r.samples_inserted
