@@ -82,14 +82,9 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
         # Deletions of what the caller may see now, and of everything erased about an owner who had
         # granted this organisation anything (the vehicle is gone, so it is no longer "visible").
         vis, vis_params = access.visible_sql(trip_scope, tag="_t")
-        tomb = access.conn.execute(
-            "SELECT t.* FROM feed_tombstones t WHERE t.kind IN ('trip', 'event')"
-            " AND t.change_version > %(v)s AND t.change_version <= %(head)s"
-            f" AND (%(org)s = ANY (t.recipients) OR EXISTS (SELECT 1 FROM ({vis}) x JOIN devices d"
-            " ON d.vehicle_id = x.vehicle_id WHERE d.device_key = t.device_key))"
-            " ORDER BY t.change_version LIMIT %(lim)s", {**p, **vis_params}).fetchall()
-        changes += [{"version": r["change_version"], "kind": r["kind"], "op": "delete", "id": r["id"], "data": None}
-                    for r in tomb]
+        changes += deletions(access, "t.kind IN ('trip', 'event') AND (%(org)s = ANY (t.recipients) OR EXISTS"
+                             f" (SELECT 1 FROM ({vis}) x JOIN devices d ON d.vehicle_id = x.vehicle_id"
+                             " WHERE d.device_key = t.device_key))", {**p, **vis_params})
     else:
         rows = access.fetch(
             "SELECT vis.vehicle_id, vis.owner_id, vis.purpose, l.* FROM visible vis JOIN leads l"
@@ -99,12 +94,7 @@ def partner_feed(from_version: int = Query(0, alias="fromVersion", ge=0, le=2**6
         for r in rows:
             changes.append({"version": r["change_version"], "kind": "lead", "op": "upsert", "id": r["lead_id"],
                             "data": {k: iso(r[k]) for k in LEAD_FIELDS} | {"vehicle_id": r["vehicle_id"]}})
-        tomb = access.conn.execute(
-            "SELECT * FROM feed_tombstones WHERE kind = 'lead' AND (org_id = %(org)s OR %(org)s = ANY (recipients))"
-            " AND change_version > %(v)s AND change_version <= %(head)s"
-            " ORDER BY change_version LIMIT %(lim)s", p).fetchall()
-        changes += [{"version": r["change_version"], "kind": "lead", "op": "delete", "id": r["id"], "data": None}
-                    for r in tomb]
+        changes += deletions(access, "t.kind = 'lead' AND (t.org_id = %(org)s OR %(org)s = ANY (t.recipients))", p)
     changes += consent_changes(access, p)
     changes.sort(key=lambda ch: ch["version"])
     has_more = len(changes) > limit
@@ -128,9 +118,14 @@ def consent_changes(access: Access, p: dict[str, Any]) -> list[dict[str, Any]]:
         " ORDER BY c.change_version LIMIT %(lim)s", p).fetchall()
     changes = [{"version": r["change_version"], "kind": "consent", "op": "upsert", "id": r["consent_id"],
                 "data": {k: iso(r[k]) for k in CONSENT_FIELDS} | {"vehicle_ids": r["vehicle_ids"]}} for r in rows]
-    tomb = access.conn.execute(
-        "SELECT id, change_version FROM feed_tombstones WHERE kind = 'consent' AND org_id = %(org)s"
-        " AND change_version > %(v)s AND change_version <= %(head)s ORDER BY change_version LIMIT %(lim)s",
+    return changes + deletions(access, "t.kind = 'consent' AND t.org_id = %(org)s", p)
+
+
+def deletions(access: Access, which: str, p: dict[str, Any]) -> list[dict[str, Any]]:
+    """``op: delete`` changes from the tombstones (``t``) matching ``which`` in (v, head]."""
+    rows = access.conn.execute(
+        f"SELECT t.kind, t.id, t.change_version FROM feed_tombstones t WHERE ({which})"
+        " AND t.change_version > %(v)s AND t.change_version <= %(head)s ORDER BY t.change_version LIMIT %(lim)s",
         p).fetchall()
-    return changes + [{"version": r["change_version"], "kind": "consent", "op": "delete", "id": r["id"],
-                       "data": None} for r in tomb]
+    return [{"version": r["change_version"], "kind": r["kind"], "op": "delete", "id": r["id"], "data": None}
+            for r in rows]
